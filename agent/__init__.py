@@ -1,0 +1,3 @@
+"""avi-agent: a Raspberry Pi audio-mesh node."""
+
+__version__ = "0.1.0"

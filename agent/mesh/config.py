@@ -1,0 +1,66 @@
+"""`AviP2pConfig`: every field defaulted for local development, every number range-checked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from multiaddr import Multiaddr
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class AviP2pConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    node_name: str = Field("avi-node", min_length=1, max_length=64)
+    listen_host: str = "127.0.0.1"
+    listen_port: int = Field(0, ge=0, le=65535, description="0 = any free port")
+    bootstrap_peers: list[str] = Field(
+        default_factory=list, max_length=64,
+        description="multiaddrs with a /p2p/<peer id> part, e.g. /ip4/10.0.0.2/tcp/4001/p2p/12D3KooW...")
+    max_peers: int = Field(32, ge=1, le=1024)
+    max_audio_streams: int = Field(8, ge=1, le=64)
+    enable_mdns: bool = True
+    enable_kad: bool = True
+    identity_path: Path | None = Field(
+        None, description="Ed25519 key file; created 0600 when missing. None = a new identity each start.")
+    event_buffer: int = Field(256, ge=8, le=65536)
+    command_buffer: int = Field(64, ge=1, le=4096)
+    allowed_peers: list[str] = Field(default_factory=list, max_length=4096,
+                                     description="empty = anyone may connect")
+    # Audio stream liveness: a keepalive goes out when no frame was sent for this long ...
+    keepalive_interval: float = Field(1.0, ge=0.05, le=30.0)
+    # ... and a stream that receives nothing for this long is closed with reason "timeout".
+    stream_timeout: float = Field(4.0, ge=0.2, le=120.0)
+    # How long a handle call waits on the network (dial, stream open, accept) before TimeoutError.
+    request_timeout: float = Field(10.0, ge=0.1, le=300.0)
+    # Frames a stream may queue for sending before the oldest is dropped (audio is real-time).
+    audio_send_buffer: int = Field(16, ge=1, le=1024)
+    gossip_heartbeat: float = Field(1.0, ge=0.1, le=60.0)
+    # Messages per second the node promises to accept from one peer on one topic.
+    pubsub_rate_limit: int = Field(200, ge=1, le=10000)
+    max_message_size: int = Field(64 * 1024, ge=1024, le=1024 * 1024)
+    discovery_interval: float = Field(10.0, ge=1.0, le=3600.0)
+
+    @field_validator("bootstrap_peers")
+    @classmethod
+    def _check_bootstrap(cls, v: list[str]) -> list[str]:
+        for addr in v:
+            try:
+                ma = Multiaddr(addr)
+            except Exception as exc:  # multiaddr raises several unrelated types
+                raise ValueError(f"not a multiaddr: {addr!r} ({exc})") from None
+            if "/p2p/" not in str(ma):
+                raise ValueError(f"{addr!r} has no /p2p/<peer id> part")
+        return v
+
+    @field_validator("allowed_peers")
+    @classmethod
+    def _check_allowed(cls, v: list[str]) -> list[str]:
+        from libp2p.peer.id import ID
+
+        for p in v:
+            try:
+                ID.from_base58(p)
+            except Exception:
+                raise ValueError(f"not a peer id: {p!r}") from None
+        return v
