@@ -1,0 +1,168 @@
+"""Pydantic models that select and configure the device backends.
+
+The agent's config embeds these as ``audio: AudioConfig`` and ``gpio: GpioConfig``.
+Every model forbids unknown fields so a typo is a validation error naming the field.
+The ``open_*`` factories build the backend a model names; the device modules are
+imported lazily so that e.g. the fake backend never imports ``alsaaudio`` or ``RPi.GPIO``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:
+    from hw.audio.base import AudioSink, AudioSource
+    from hw.gpio.base import Button, Led
+
+__all__ = [
+    "AudioConfig",
+    "FakeSourceConfig",
+    "FakeSinkConfig",
+    "XrunInjectionConfig",
+    "GpioConfig",
+    "PressConfig",
+    "open_audio_source",
+    "open_audio_sink",
+    "open_button",
+    "open_led",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class XrunInjectionConfig(_Strict):
+    """Simulated overruns/underruns for the fake backend (so recovery paths run in tests).
+
+    ``at_frames`` injects an xrun at those frame indices; ``rate`` injects one with that
+    probability per frame (seeded by ``seed`` for reproducible runs).
+    """
+
+    at_frames: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
+    rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    seed: int | None = None
+
+
+class FakeSourceConfig(_Strict):
+    """What the fake capture device produces."""
+
+    kind: Literal["tone", "wav", "silence"] = "tone"
+    frequency_hz: float = Field(default=440.0, gt=0.0, le=20000.0)
+    level: float = Field(default=0.5, ge=0.0, le=1.0, description="peak amplitude, 1.0 = full scale")
+    path: Path | None = None
+    loop: bool = False
+
+    @model_validator(mode="after")
+    def _wav_needs_path(self) -> "FakeSourceConfig":
+        if self.kind == "wav" and self.path is None:
+            raise ValueError("path is required when kind is 'wav'")
+        return self
+
+
+class FakeSinkConfig(_Strict):
+    """Where the fake playback device puts what it is given."""
+
+    kind: Literal["wav", "null"] = "null"
+    path: Path | None = None
+
+    @model_validator(mode="after")
+    def _wav_needs_path(self) -> "FakeSinkConfig":
+        if self.kind == "wav" and self.path is None:
+            raise ValueError("path is required when kind is 'wav'")
+        return self
+
+
+class AudioConfig(_Strict):
+    """Audio backend: ``alsa`` (pyalsaaudio) or ``fake`` (simulated, paced in real time)."""
+
+    backend: Literal["alsa", "fake"] = "fake"
+    capture_device: str = Field(default="default", min_length=1)
+    playback_device: str = Field(default="default", min_length=1)
+    rate: int = Field(default=16000, ge=8000, le=192000)
+    channels: int = Field(default=1, ge=1, le=8)
+    frame_ms: int = Field(default=20, ge=5, le=200, description="frame (and ALSA period) length")
+    periods: int = Field(default=4, ge=2, le=32, description="ALSA buffer size in periods")
+    reopen_interval_s: float = Field(default=1.0, gt=0.0, le=60.0,
+                                     description="retry interval when a device vanishes")
+    fake_source: FakeSourceConfig = Field(default_factory=FakeSourceConfig)
+    fake_sink: FakeSinkConfig = Field(default_factory=FakeSinkConfig)
+    xrun_injection: XrunInjectionConfig = Field(default_factory=XrunInjectionConfig)
+
+    @model_validator(mode="after")
+    def _whole_samples(self) -> "AudioConfig":
+        if (self.rate * self.frame_ms) % 1000:
+            raise ValueError(
+                f"frame_ms={self.frame_ms} at rate={self.rate} is not a whole number of samples"
+            )
+        return self
+
+    @property
+    def frame_samples(self) -> int:
+        """Samples per channel in one frame."""
+        return self.rate * self.frame_ms // 1000
+
+    @property
+    def frame_bytes(self) -> int:
+        """Bytes in one S16_LE frame."""
+        return self.frame_samples * self.channels * 2
+
+
+class PressConfig(_Strict):
+    """One scripted press of the fake button: ``at_s`` after start, held ``duration_s``."""
+
+    at_s: float = Field(ge=0.0, le=3600.0)
+    duration_s: float = Field(gt=0.0, le=3600.0)
+
+
+class GpioConfig(_Strict):
+    """GPIO backend: ``rpi`` (RPi.GPIO or rpi-lgpio) or ``fake`` (scripted presses)."""
+
+    backend: Literal["rpi", "fake"] = "fake"
+    button_pin: int = Field(default=17, ge=0, le=27, description="BCM numbering")
+    led_pin: int = Field(default=27, ge=0, le=27, description="BCM numbering")
+    pull_up: bool = True
+    active_low: bool = True
+    led_active_low: bool = False
+    debounce_ms: float = Field(default=20.0, ge=0.0, le=1000.0)
+    long_press_s: float = Field(default=1.0, gt=0.0, le=60.0)
+    fake_presses: list[PressConfig] = Field(default_factory=list)
+    fake_bounce_ms: float = Field(default=3.0, ge=0.0, le=100.0,
+                                  description="length of simulated contact bounce")
+
+    @model_validator(mode="after")
+    def _distinct_pins(self) -> "GpioConfig":
+        if self.button_pin == self.led_pin:
+            raise ValueError(f"button_pin and led_pin are both {self.button_pin}")
+        return self
+
+
+def open_audio_source(cfg: AudioConfig) -> "AudioSource":
+    """Build (not yet open) the capture side named by ``cfg``; use it with ``async with``."""
+    from hw.audio.factory import make_source
+
+    return make_source(cfg)
+
+
+def open_audio_sink(cfg: AudioConfig) -> "AudioSink":
+    """Build (not yet open) the playback side named by ``cfg``; use it with ``async with``."""
+    from hw.audio.factory import make_sink
+
+    return make_sink(cfg)
+
+
+def open_button(cfg: GpioConfig) -> "Button":
+    """Build (not yet open) the push-to-talk button named by ``cfg``; use it with ``async with``."""
+    from hw.gpio.factory import make_button
+
+    return make_button(cfg)
+
+
+def open_led(cfg: GpioConfig) -> "Led":
+    """Build (not yet open) the status LED named by ``cfg``; use it with ``async with``."""
+    from hw.gpio.factory import make_led
+
+    return make_led(cfg)
