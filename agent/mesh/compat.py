@@ -1,0 +1,126 @@
+"""Every workaround for py-libp2p 0.8 lives here, each named after the defect it covers.
+
+`tests/mesh/test_compat.py` shows each defect against the unpatched library, so a py-libp2p upgrade
+that fixes one makes its test fail, and the workaround can then be deleted.
+
+1. Insecure default security (`secure_host`): `new_host()` also offers SECIO and
+   `/plaintext/2.0.0`; a plaintext dialer gets a cleartext connection. We offer Noise only.
+2. Subscription queue of 32 that drops silently (`DeliveringPubsub`): `Pubsub.notify_subscriptions`
+   does `send_nowait` on a 32-slot channel and logs a warning when full. We hand each message to
+   the node's own bounded inbox instead, where overflow is counted.
+3. GossipSub defaults (`gossip_router`): a 120 s heartbeat and spam protection at 10 msgs/s per
+   peer and topic, which loses bursts. We set both from the node's config.
+4. Listener left open after `host.run()` exits (`close_host`): the swarm closes it inside a
+   cancelled scope; `host.close()` as the last step inside the run block releases it.
+5. Per-peer outbound queue of 32 RPCs that drops the rest (`_RoomyQueues`): a burst of 100
+   published at once loses two thirds before it leaves. We give each peer's queue
+   `OUTBOUND_QUEUE` slots (still bounded).
+6. `stream.read()` raises `StreamEOF` (not `b""`) when the other side closes (`read_some`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import multiaddr
+from libp2p import new_host
+from libp2p.abc import IHost, INetStream
+from libp2p.crypto import x25519
+from libp2p.crypto.keys import KeyPair
+from libp2p.network.config import ConnectionConfig
+from libp2p.network.stream.exceptions import StreamClosed, StreamEOF, StreamReset
+from libp2p.pubsub.gossipsub import PROTOCOL_ID as GOSSIPSUB_PROTOCOL_ID
+from libp2p.pubsub.gossipsub import GossipSub
+from libp2p.pubsub.pb import rpc_pb2
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+
+log = logging.getLogger(__name__)
+
+STREAM_ERRORS = (StreamEOF, StreamReset, StreamClosed)
+
+
+def secure_host(key_pair: KeyPair, *, enable_mdns: bool, max_connections: int) -> IHost:
+    """A host that offers and accepts Noise only, with Yamux as the only muxer."""
+    noise = NoiseTransport(key_pair, noise_privkey=x25519.create_new_key_pair().private_key)
+    return new_host(
+        key_pair=key_pair,
+        sec_opt={NOISE_PROTOCOL_ID: noise},
+        muxer_opt={YAMUX_PROTOCOL_ID: Yamux},
+        enable_mDNS=enable_mdns,
+        # The node keeps its own peers connected (bootstrap, discovery, allow list, max_peers);
+        # py-libp2p's auto-connector would redial refused peers, so its watermarks are zero.
+        connection_config=ConnectionConfig(max_connections=max_connections, min_connections=0,
+                                           low_watermark=0, high_watermark=max_connections),
+    )
+
+
+def gossip_router(*, heartbeat: float, rate_limit: int, all_on_loopback: bool) -> GossipSub:
+    """GossipSub with a usable heartbeat and a spam limit that admits the node's promised rate."""
+    return GossipSub(
+        protocols=[GOSSIPSUB_PROTOCOL_ID],
+        degree=6,
+        degree_low=4,
+        degree_high=12,
+        heartbeat_initial_delay=0.1,
+        heartbeat_interval=heartbeat,  # typed int upstream, used as a float by trio.sleep
+        max_messages_per_topic_per_second=float(rate_limit),
+        # The distinct-IP rule would keep every peer on one address (a test, one LAN host
+        # behind NAT) out of the mesh.
+        eclipse_protection_enabled=not all_on_loopback,
+    )
+
+
+OUTBOUND_QUEUE = 1024
+
+
+class _RoomyQueues(dict):  # type: ignore[type-arg]
+    """`Pubsub.peer_queues`, enlarging each per-peer RpcQueue as py-libp2p inserts it."""
+
+    def __setitem__(self, peer, queue) -> None:  # type: ignore[no-untyped-def]
+        inner = getattr(queue, "_queue", None)
+        if inner is not None and getattr(inner, "max_size", OUTBOUND_QUEUE) < OUTBOUND_QUEUE:
+            inner.max_size = OUTBOUND_QUEUE
+        super().__setitem__(peer, queue)
+
+
+class DeliveringPubsub(Pubsub):
+    """Pubsub that hands each message for a subscribed topic to `deliver` instead of a
+    32-slot channel that drops silently. `deliver` must not block (it runs inside
+    GossipSub's receive path); the node's inbox behind it is bounded and counts overflow."""
+
+    def __init__(self, host: IHost, router: GossipSub, deliver: Callable[[rpc_pb2.Message], None],
+                 max_message_size: int) -> None:
+        super().__init__(host, router, strict_signing=True, max_inbound_rpc_size=max_message_size + 4096)
+        self._deliver = deliver
+        self.peer_queues = _RoomyQueues()
+
+    def notify_subscriptions(self, publish_message: rpc_pb2.Message) -> None:
+        if any(topic in self.topic_ids for topic in publish_message.topicIDs):
+            self._deliver(publish_message)
+
+
+async def read_some(stream: INetStream, max_bytes: int) -> bytes:
+    """Read up to `max_bytes`; b"" at end of stream, as a reader would expect."""
+    try:
+        return await stream.read(max_bytes)
+    except StreamEOF:
+        return b""
+
+
+async def close_host(host: IHost) -> None:
+    """Release listeners and system tasks; call as the last statement inside `host.run()`."""
+    await host.close()
+
+
+def listen_multiaddr(host: str, port: int) -> multiaddr.Multiaddr:
+    proto = "ip6" if ":" in host else "ip4"
+    return multiaddr.Multiaddr(f"/{proto}/{host}/tcp/{port}")
+
+
+def all_loopback(addrs: Sequence[str]) -> bool:
+    return all(a.startswith("127.") or a == "::1" for a in addrs)

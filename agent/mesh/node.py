@@ -1,0 +1,704 @@
+"""`AviP2p`: the mesh node. Owns the libp2p host, pub/sub, discovery and audio sessions.
+
+Everything runs in one trio nursery that `AviP2p.start()` opens; leaving the block (or
+`node.shutdown()`) closes every stream and connection and leaves no task or socket behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import multiaddr
+import trio
+from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
+from libp2p.crypto.keys import KeyPair
+from libp2p.discovery.events.peerDiscovery import peerDiscovery
+from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.pubsub.pb import rpc_pb2
+from libp2p.tools.anyio_service import background_trio_service
+
+from . import audio_protocol as ap
+from .audio_session import AudioSession, Direction, StreamStats
+from .compat import (DeliveringPubsub, all_loopback, close_host, gossip_router, listen_multiaddr,
+                     read_some, secure_host)
+from .config import AviP2pConfig
+from .errors import (AviP2pError, DialError, LimitError, NotAllowedError, NotRunningError,
+                     ProtocolError, PubSubError, TimeoutError, UnknownPeerError, UnknownStreamError)
+from .eventqueue import EventQueue
+from .events import (AudioData, AudioStreamClosed, AudioStreamRequested, Event, Message,
+                     PeerConnected, PeerDisconnected, PeerDiscovered, PeerId, Started, StreamId)
+from .frames import PROTOCOL_ID
+from .identity import load_or_create_identity
+
+log = logging.getLogger("agent.mesh")
+
+# Messages waiting between GossipSub and the event queue. GossipSub hands them over without
+# waiting, so this is where a flood beyond the promised rate is cut (and counted).
+INBOX_FACTOR = 4
+MAX_KNOWN_PEERS_FACTOR = 4
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStats:
+    """A snapshot of the node's counters (trio's `statistics()` habit)."""
+
+    peers: int
+    connected_peers: tuple[PeerId, ...]
+    bytes_in: int
+    bytes_out: int
+    messages_published: int
+    messages_received: int
+    messages_dropped: int
+    audio_frames_dropped: int
+    connections_refused: int
+    streams: tuple[StreamStats, ...]
+
+
+class _NetworkEvents(INotifee):
+    """Swarm notifications, handed to the node's task without waiting (the swarm must not stall)."""
+
+    def __init__(self, send: trio.MemorySendChannel[tuple[str, INetConn]]) -> None:
+        self._send = send
+
+    def _put(self, kind: str, conn: INetConn) -> None:
+        try:
+            self._send.send_nowait((kind, conn))
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            log.warning("network event %s dropped: node is not keeping up or is stopping", kind)
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        self._put("connected", conn)
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        self._put("disconnected", conn)
+
+    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        return None
+
+    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        return None
+
+
+def _peer(conn: INetConn) -> ID:
+    return conn.muxed_conn.peer_id
+
+
+def _conn_address(conn: INetConn) -> str:
+    try:
+        addrs = conn.get_transport_addresses()
+        if addrs:
+            return str(addrs[0])
+    except Exception:  # an address is informative only
+        pass
+    return ""
+
+
+class AviP2p:
+    """The node. Create it with `AviP2p.start(config)`; talk to it through `node.handle()`."""
+
+    def __init__(self, config: AviP2pConfig, key_pair: KeyPair) -> None:
+        self.config = config
+        self._key_pair = key_pair
+        self._host: IHost = secure_host(key_pair, enable_mdns=config.enable_mdns,
+                                        max_connections=config.max_peers * 3 + 8)
+        self.local_peer_id = PeerId(self._host.get_id().to_base58())
+        self._allowed = frozenset(config.allowed_peers)
+        router = gossip_router(heartbeat=config.gossip_heartbeat, rate_limit=config.pubsub_rate_limit,
+                               all_on_loopback=all_loopback([config.listen_host]))
+        self._router = router
+        self._pubsub = DeliveringPubsub(self._host, router, self._deliver_message, config.max_message_size)
+        self._dht = KadDHT(self._host, DHTMode.SERVER) if config.enable_kad else None
+        self._inbox_send, self._inbox_recv = trio.open_memory_channel[rpc_pb2.Message](
+            config.event_buffer * INBOX_FACTOR)
+        self._net_send, self._net_recv = trio.open_memory_channel[tuple[str, INetConn]](
+            config.max_peers * 8 + 64)
+        self._found_send, self._found_recv = trio.open_memory_channel[PeerInfo](config.max_peers * 4 + 16)
+        self._events = EventQueue(config.event_buffer, self._count_audio_drop)
+        self._events_send, self.events = trio.open_memory_channel[Event](0)
+        self._commands = trio.CapacityLimiter(config.command_buffer)
+        self._peers: dict[PeerId, str] = {}
+        self._known: dict[PeerId, PeerInfo] = {}
+        self._dialing: set[PeerId] = set()
+        self._sessions: dict[StreamId, AudioSession] = {}
+        self._topics: set[str] = set()
+        self._nursery: trio.Nursery | None = None
+        self._running = False
+        self._stop_requested = trio.Event()
+        self._stopped = trio.Event()
+        self._discover_now = trio.Event()
+        self._trio_token: trio.lowlevel.TrioToken | None = None
+        self._listen_addrs: tuple[str, ...] = ()
+        # counters
+        self._bytes_in = 0
+        self._bytes_out = 0
+        self._published = 0
+        self._received = 0
+        self._messages_dropped = 0
+        self._audio_dropped = 0
+        self._refused = 0
+        self._closed_stream_stats: dict[StreamId, int] = {}
+
+    # --- lifecycle --------------------------------------------------------------------------
+    @classmethod
+    @asynccontextmanager
+    async def start(cls, config: AviP2pConfig | None = None
+                    ) -> AsyncIterator[tuple[AviP2p, trio.MemoryReceiveChannel[Event]]]:
+        """Start a node; yields `(node, events)`. Leaving the block shuts the node down."""
+        config = config or AviP2pConfig()
+        key_pair = load_or_create_identity(config.identity_path)
+        node = cls(config, key_pair)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node._run)
+            try:
+                yield node, node.events
+            finally:
+                with trio.CancelScope(shield=True):
+                    await node.shutdown()
+
+    def handle(self) -> AviP2pHandle:
+        return AviP2pHandle(self)
+
+    async def shutdown(self) -> None:
+        """Close every audio stream (telling peers why), stop the host, end the event channel."""
+        if self._stopped.is_set():
+            return
+        if self._running:
+            self._running = False
+            with trio.move_on_after(2.0):
+                async with trio.open_nursery() as n:
+                    for session in list(self._sessions.values()):
+                        n.start_soon(session.close, "shutdown")
+        self._stop_requested.set()
+        await self._stopped.wait()
+
+    async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.config
+        self._trio_token = trio.lowlevel.current_trio_token()
+        self._host.get_network().register_notifee(_NetworkEvents(self._net_send))
+        self._host.set_stream_handler(PROTOCOL_ID, self._on_incoming_stream)
+        peerDiscovery.register_peer_discovered_handler(self._on_mdns_peer)
+        try:
+            try:
+                async with self._host.run([listen_multiaddr(cfg.listen_host, cfg.listen_port)]):
+                    try:
+                        await self._run_services(task_status)
+                    finally:
+                        with trio.CancelScope(shield=True), trio.move_on_after(5.0):
+                            await close_host(self._host)
+            except OSError as exc:
+                raise DialError(f"cannot listen on {cfg.listen_host}:{cfg.listen_port}: {exc}") from exc
+        finally:
+            peerDiscovery.unregister_peer_discovered_handler(self._on_mdns_peer)
+            self._running = False
+            await self._events_send.aclose()
+            self._stopped.set()
+
+    async def _run_services(self, task_status: trio.TaskStatus[None]) -> None:
+        async with background_trio_service(self._pubsub), background_trio_service(self._router):
+            if self._dht is not None:
+                async with background_trio_service(self._dht):
+                    await self._run_tasks(task_status)
+            else:
+                await self._run_tasks(task_status)
+
+    async def _run_tasks(self, task_status: trio.TaskStatus[None]) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._pump_events)
+            nursery.start_soon(self._pump_messages)
+            nursery.start_soon(self._pump_network)
+            nursery.start_soon(self._pump_found)
+            nursery.start_soon(self._maintain_connections)
+            with trio.fail_after(self.config.request_timeout):
+                await self._pubsub.wait_until_ready()
+            self._listen_addrs = tuple(str(a) for a in self._host.get_addrs())
+            self._running = True
+            await self._events.put(Started(self.local_peer_id, self._listen_addrs))
+            log.info("node %s listening on %s", self.local_peer_id, ", ".join(self._listen_addrs))
+            task_status.started()
+            await self._stop_requested.wait()
+            nursery.cancel_scope.cancel()
+        self._nursery = None
+
+    def _require_running(self) -> trio.Nursery:
+        if not self._running or self._nursery is None:
+            raise NotRunningError("the node is not running")
+        return self._nursery
+
+    # --- events -----------------------------------------------------------------------------
+    async def _emit(self, event: Event) -> None:
+        await self._events.put(event)
+
+    def _queue_audio(self, event: AudioData) -> None:
+        self._bytes_in += len(event.data)
+        self._events.put_audio(event)
+
+    def _count_audio_drop(self, event: AudioData) -> None:
+        self._audio_dropped += 1
+        session = self._sessions.get(event.stream_id)
+        if session is not None:
+            session.frames_dropped += 1
+
+    async def _pump_events(self) -> None:
+        while True:
+            event = await self._events.get()
+            try:
+                await self._events_send.send(event)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return  # nobody listens any more; keep draining would only spin
+
+    # --- pub/sub ----------------------------------------------------------------------------
+    def _deliver_message(self, msg: rpc_pb2.Message) -> None:
+        try:
+            self._inbox_send.send_nowait(msg)
+        except trio.WouldBlock:
+            self._messages_dropped += 1
+            if self._messages_dropped in (1, 10, 100) or self._messages_dropped % 1000 == 0:
+                log.warning("pub/sub inbox full: %d messages dropped so far (the application is "
+                            "not reading events fast enough)", self._messages_dropped)
+
+    async def _pump_messages(self) -> None:
+        async for msg in self._inbox_recv:
+            try:
+                origin = PeerId(ID(msg.from_id).to_base58())
+            except Exception:
+                self._messages_dropped += 1
+                continue
+            if origin == self.local_peer_id:
+                continue  # our own publication, echoed by the router
+            if self._allowed and origin not in self._allowed:
+                self._messages_dropped += 1
+                continue
+            self._received += 1
+            self._bytes_in += len(msg.data)
+            for topic in msg.topicIDs:
+                if topic in self._topics:
+                    await self._emit(Message(origin, topic, bytes(msg.data)))
+
+    # --- connections ------------------------------------------------------------------------
+    def _may_connect(self, peer: PeerId) -> str | None:
+        """Why `peer` may not be connected to us, or None."""
+        if self._allowed and peer not in self._allowed:
+            return "not in allowed_peers"
+        if peer not in self._peers and len(self._peers) >= self.config.max_peers:
+            return f"max_peers ({self.config.max_peers}) reached"
+        return None
+
+    async def _pump_network(self) -> None:
+        network = self._host.get_network()
+        async for kind, conn in self._net_recv:
+            peer = PeerId(_peer(conn).to_base58())
+            if kind == "connected":
+                refusal = self._may_connect(peer)
+                if refusal is not None:
+                    self._refused += 1
+                    log.info("refusing connection from %s: %s", peer, refusal)
+                    with trio.move_on_after(2.0):
+                        try:
+                            await conn.close()
+                        except Exception as exc:
+                            log.debug("closing refused connection: %s", exc)
+                    continue
+                if peer not in self._peers:
+                    address = _conn_address(conn)
+                    self._peers[peer] = address
+                    self._remember(peer)
+                    if self._dht is not None:
+                        self._nursery_soon(self._add_to_dht, _peer(conn))
+                    await self._emit(PeerConnected(peer, address))
+            elif kind == "disconnected":
+                if peer in self._peers and not network.get_connections(_peer(conn)):
+                    del self._peers[peer]
+                    for session in [s for s in self._sessions.values() if s.peer_id == peer]:
+                        self._nursery_soon(session.close, "peer-gone: disconnected")
+                    await self._emit(PeerDisconnected(peer))
+
+    def _nursery_soon(self, fn, *args) -> None:  # type: ignore[no-untyped-def]
+        if self._nursery is not None:
+            self._nursery.start_soon(fn, *args)
+
+    async def _add_to_dht(self, peer: ID) -> None:
+        assert self._dht is not None
+        with trio.move_on_after(self.config.request_timeout):
+            try:
+                await self._dht.add_peer(peer)
+            except Exception as exc:
+                log.debug("dht add_peer %s: %s", peer, exc)
+
+    def _remember(self, peer: PeerId, info: PeerInfo | None = None) -> None:
+        """Keep a bounded list of peers worth reconnecting to."""
+        if info is None:
+            try:
+                addrs = self._host.get_peerstore().addrs(ID.from_base58(peer))
+            except Exception:  # PeerStoreError: nothing known about its addresses (yet)
+                return
+            info = PeerInfo(ID.from_base58(peer), addrs)
+        if not info.addrs:
+            return
+        self._known[peer] = info
+        limit = self.config.max_peers * MAX_KNOWN_PEERS_FACTOR
+        while len(self._known) > limit:
+            self._known.pop(next(iter(self._known)))
+
+    def _on_mdns_peer(self, info: PeerInfo) -> None:
+        """Called by zeroconf on its own thread: hand over to trio without waiting."""
+        token = self._trio_token
+        if token is None or not self._running:
+            return
+        try:
+            token.run_sync_soon(self._found_nowait, info)
+        except trio.RunFinishedError:
+            pass
+
+    def _found_nowait(self, info: PeerInfo) -> None:
+        try:
+            self._found_send.send_nowait(info)
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            pass  # discovery repeats; a missed announcement is found next round
+
+    async def _pump_found(self) -> None:
+        async for info in self._found_recv:
+            peer = PeerId(info.peer_id.to_base58())
+            if peer == self.local_peer_id or (self._allowed and peer not in self._allowed):
+                continue
+            if not info.addrs:
+                continue
+            is_new = peer not in self._known
+            self._remember(peer, info)
+            if is_new:
+                await self._emit(PeerDiscovered(peer))
+            if peer not in self._peers:
+                self._nursery_soon(self._dial_quietly, info)
+
+    async def _dial_quietly(self, info: PeerInfo) -> None:
+        peer = PeerId(info.peer_id.to_base58())
+        if peer in self._dialing or peer in self._peers or self._may_connect(peer):
+            return
+        self._dialing.add(peer)
+        try:
+            with trio.move_on_after(self.config.request_timeout):
+                await self._host.connect(info)
+        except Exception as exc:
+            log.debug("dial %s failed: %s", peer, exc)
+        finally:
+            self._dialing.discard(peer)
+
+    async def _maintain_connections(self) -> None:
+        """Keep bootstrap and known peers connected; run discovery rounds. Backs off to
+        `discovery_interval` while nothing changes, and runs at once on `discover_peers()`."""
+        bootstrap = []
+        for addr in self.config.bootstrap_peers:
+            info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+            bootstrap.append(info)
+            self._host.get_peerstore().add_addrs(info.peer_id, info.addrs, 3600 * 24)
+        delay = 0.5
+        while True:
+            for info in bootstrap:
+                self._remember(PeerId(info.peer_id.to_base58()), info)
+            for peer, info in list(self._known.items()):
+                if peer not in self._peers and len(self._peers) < self.config.max_peers:
+                    self._nursery_soon(self._dial_quietly, info)
+            if self._dht is not None and self._peers:
+                await self._dht_round()
+            with trio.move_on_after(delay):
+                await self._discover_now.wait()
+            if self._discover_now.is_set():
+                self._discover_now = trio.Event()
+                delay = 0.5
+            else:
+                delay = min(delay * 2, self.config.discovery_interval)
+
+    async def _dht_round(self) -> None:
+        """Ask the DHT for peers near our own id; report and dial the ones we do not have."""
+        assert self._dht is not None
+        found: list[ID] = []
+        with trio.move_on_after(self.config.request_timeout):
+            try:
+                found = await self._dht.peer_routing.find_closest_peers_network(
+                    self._host.get_id().to_bytes(), count=self.config.max_peers)
+            except Exception as exc:
+                log.debug("dht round failed: %s", exc)
+        store = self._host.get_peerstore()
+        for pid in found:
+            addrs = store.addrs(pid) if pid in store.peer_ids() else []
+            if addrs:
+                self._found_nowait(PeerInfo(pid, addrs))
+
+    # --- audio streams ----------------------------------------------------------------------
+    def _new_stream_id(self) -> StreamId:
+        while True:
+            sid = StreamId(secrets.randbits(63) + 1)
+            if sid not in self._sessions:
+                return sid
+
+    def _start_session(self, session: AudioSession) -> None:
+        self._sessions[session.stream_id] = session
+        self._require_running().start_soon(self._run_session, session)
+
+    async def _run_session(self, session: AudioSession) -> None:
+        reason = await session.run()
+        self._sessions.pop(session.stream_id, None)
+        self._bytes_in += session.bytes_in
+        self._bytes_out += session.bytes_out
+        log.info("audio stream %x with %s closed: %s", session.stream_id, session.peer_id, reason,
+                 extra={"peer": session.peer_id, "stream": f"{session.stream_id:x}"})
+        await self._emit(AudioStreamClosed(session.peer_id, session.stream_id, reason))
+
+    async def _on_incoming_stream(self, stream: INetStream) -> None:
+        nursery = self._nursery
+        if nursery is None or not self._running:
+            await stream.reset()
+            return
+        nursery.start_soon(self._serve_incoming, stream)
+
+    async def _serve_incoming(self, stream: INetStream) -> None:
+        peer = PeerId(stream.muxed_conn.peer_id.to_base58())
+        if self._allowed and peer not in self._allowed:
+            await stream.reset()
+            return
+        conn = ap.AudioStreamConnection(ap.Role.RESPONDER)
+        request: ap.StreamRequested | None = None
+        with trio.move_on_after(self.config.request_timeout):
+            try:
+                while request is None:
+                    data = await read_some(stream, 4096)
+                    if not data:
+                        break
+                    for ev in conn.receive_data(data):
+                        if isinstance(ev, ap.StreamRequested):
+                            request = ev
+            except (ap.RemoteProtocolError, *ap_stream_errors()) as exc:
+                log.info("bad audio stream request from %s: %s", peer, exc)
+        if request is None:
+            with trio.move_on_after(1.0):
+                await stream.reset()
+            return
+        sid = StreamId(request.stream_id)
+        refusal = None
+        if sid in self._sessions:
+            refusal = "duplicate stream id"
+        elif len(self._sessions) >= self.config.max_audio_streams:
+            refusal = "limit"
+        if refusal is not None:
+            with trio.move_on_after(1.0):
+                try:
+                    await stream.write(conn.reject(refusal))
+                    await stream.close()
+                except Exception as exc:
+                    log.debug("reject not sent: %s", exc)
+            log.info("rejected audio stream from %s: %s", peer, refusal)
+            return
+        session = AudioSession(self, stream, peer, sid, Direction.INCOMING, conn)
+        try:
+            self._start_session(session)
+        except NotRunningError:
+            await stream.reset()
+            return
+        await self._emit(AudioStreamRequested(peer, sid))
+
+    def _session(self, stream_id: StreamId) -> AudioSession:
+        session = self._sessions.get(stream_id)
+        if session is None:
+            raise UnknownStreamError(f"no audio stream {stream_id:x}")
+        return session
+
+    def stats(self) -> NodeStats:
+        sessions = tuple(s.stats() for s in self._sessions.values())
+        return NodeStats(
+            peers=len(self._peers),
+            connected_peers=tuple(self._peers),
+            bytes_in=self._bytes_in + sum(s.bytes_in for s in sessions),
+            bytes_out=self._bytes_out + sum(s.bytes_out for s in sessions),
+            messages_published=self._published,
+            messages_received=self._received,
+            messages_dropped=self._messages_dropped,
+            audio_frames_dropped=self._audio_dropped + sum(s.frames_dropped for s in sessions),
+            connections_refused=self._refused,
+            streams=sessions,
+        )
+
+
+def ap_stream_errors() -> tuple[type[BaseException], ...]:
+    from .compat import STREAM_ERRORS
+
+    return STREAM_ERRORS
+
+
+class AviP2pHandle:
+    """A cheap, copyable reference to a running node. Every call succeeds or raises an
+    `AviP2pError`; none waits on the network for longer than `request_timeout`."""
+
+    __slots__ = ("_node",)
+
+    def __init__(self, node: AviP2p) -> None:
+        self._node = node
+
+    @property
+    def local_peer_id(self) -> PeerId:
+        return self._node.local_peer_id
+
+    def listen_addresses(self) -> list[str]:
+        return list(self._node._listen_addrs)
+
+    def connected_peers(self) -> list[PeerId]:
+        return list(self._node._peers)
+
+    async def _call(self, what: str, coro_fn, *args):  # type: ignore[no-untyped-def]
+        node = self._node
+        node._require_running()
+        async with node._commands:  # bounded commands in flight: extra callers wait
+            try:
+                with trio.fail_after(node.config.request_timeout):
+                    return await coro_fn(*args)
+            except trio.TooSlowError:
+                raise TimeoutError(f"{what} did not complete within {node.config.request_timeout:g} s") from None
+            except AviP2pError:
+                raise
+            except Exception as exc:
+                raise AviP2pError(f"{what} failed: {exc}") from exc
+
+    # pub/sub
+    async def subscribe(self, topic: str) -> None:
+        _check_topic(topic)
+
+        async def go() -> None:
+            try:
+                await self._node._pubsub.subscribe(topic)
+            except Exception as exc:
+                raise PubSubError(f"subscribe to {topic!r} failed: {exc}") from exc
+            self._node._topics.add(topic)
+        await self._call("subscribe", go)
+
+    async def unsubscribe(self, topic: str) -> None:
+        _check_topic(topic)
+
+        async def go() -> None:
+            self._node._topics.discard(topic)
+            try:
+                await self._node._pubsub.unsubscribe(topic)
+            except Exception as exc:
+                raise PubSubError(f"unsubscribe from {topic!r} failed: {exc}") from exc
+        await self._call("unsubscribe", go)
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        _check_topic(topic)
+        node = self._node
+        if len(data) > node.config.max_message_size:
+            raise LimitError(f"message of {len(data)} bytes exceeds max_message_size "
+                             f"({node.config.max_message_size})")
+
+        async def go() -> None:
+            try:
+                await node._pubsub.publish(topic, bytes(data))
+            except Exception as exc:
+                raise PubSubError(f"publish to {topic!r} failed: {exc}") from exc
+            node._published += 1
+            node._bytes_out += len(data)
+        await self._call("publish", go)
+
+    # peers
+    async def dial(self, address: str) -> PeerId:
+        """Connect to a peer at a multiaddr with a /p2p/<peer id> part; returns its id."""
+        try:
+            info = info_from_p2p_addr(multiaddr.Multiaddr(address))
+        except Exception as exc:
+            raise DialError(f"not a dialable multiaddr {address!r}: {exc}") from None
+        peer = PeerId(info.peer_id.to_base58())
+        node = self._node
+        if peer == node.local_peer_id:
+            raise DialError("cannot dial ourselves")
+        if node._allowed and peer not in node._allowed:
+            raise NotAllowedError(f"{peer} is not in allowed_peers")
+
+        async def go() -> PeerId:
+            try:
+                await node._host.connect(info)
+            except Exception as exc:
+                raise DialError(f"dial {address} failed: {exc}") from exc
+            node._remember(peer, info)
+            # Wait until the connection is ours (it may be refused for max_peers).
+            while peer not in node._peers:
+                if not node._host.get_network().get_connections(info.peer_id):
+                    raise DialError(f"{peer} closed the connection (limit or allow list)")
+                await trio.sleep(0.01)
+            return peer
+        return await self._call("dial", go)
+
+    async def discover_peers(self) -> None:
+        """Start a discovery round now (bootstrap, DHT, known peers); results come as events."""
+        self._node._require_running()
+        self._node._discover_now.set()
+
+    # audio streams
+    async def request_audio_stream(self, peer: PeerId) -> StreamId:
+        """Open an audio stream to `peer`. Frames sent before the peer accepts are queued (drop
+        oldest); acceptance arrives as `AudioStreamAccepted`, refusal as `AudioStreamClosed`."""
+        node = self._node
+        node._require_running()
+        if peer not in node._peers:
+            raise UnknownPeerError(f"{peer} is not connected")
+        if len(node._sessions) >= node.config.max_audio_streams:
+            raise LimitError(f"max_audio_streams ({node.config.max_audio_streams}) reached")
+
+        async def go() -> StreamId:
+            try:
+                stream = await node._host.new_stream(ID.from_base58(peer), [PROTOCOL_ID])
+            except Exception as exc:
+                raise ProtocolError(f"cannot open an audio stream to {peer}: {exc}") from exc
+            sid = node._new_stream_id()
+            conn = ap.AudioStreamConnection(ap.Role.INITIATOR)
+            session = AudioSession(node, stream, peer, sid, Direction.OUTGOING, conn)
+            try:
+                await session.write_control(conn.request(sid))
+            except Exception as exc:
+                with trio.move_on_after(1.0):
+                    await stream.reset()
+                raise ProtocolError(f"audio stream request to {peer} failed: {exc}") from exc
+            node._start_session(session)
+            return sid
+        return await self._call("request_audio_stream", go)
+
+    async def accept_audio_stream(self, stream_id: StreamId) -> None:
+        session = self._node._session(stream_id)
+        if session.direction is not Direction.INCOMING or not session.awaiting_accept:
+            raise ProtocolError(f"audio stream {stream_id:x} is not waiting to be accepted")
+        await self._call("accept_audio_stream", session.accept)
+
+    async def reject_audio_stream(self, stream_id: StreamId, reason: str) -> None:
+        session = self._node._session(stream_id)
+        if session.direction is not Direction.INCOMING or not session.awaiting_accept:
+            raise ProtocolError(f"audio stream {stream_id:x} is not waiting to be accepted")
+        await self._call("reject_audio_stream", session.reject, reason)
+        await session.done.wait()
+
+    async def send_audio(self, stream_id: StreamId, data: bytes, *, timestamp_us: int | None = None,
+                         codec: int = 1) -> None:
+        """Queue one frame; never waits for the network (the oldest queued frame is dropped
+        when the peer cannot keep up). `timestamp_us` is the capture time on CLOCK_MONOTONIC."""
+        from .audio_session import now_us
+
+        self._node._require_running()
+        session = self._node._session(stream_id)
+        session.queue_frame(bytes(data), now_us() if timestamp_us is None else timestamp_us, codec)
+
+    async def close_audio_stream(self, stream_id: StreamId) -> None:
+        session = self._node._session(stream_id)
+        await self._call("close_audio_stream", session.close, "normal")
+        await session.done.wait()
+
+
+def _check_topic(topic: str) -> None:
+    if not isinstance(topic, str) or not topic or len(topic) > 256:
+        raise PubSubError(f"invalid topic {topic!r}: expected 1 to 256 characters")
