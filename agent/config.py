@@ -222,7 +222,7 @@ def load_config(path: Path | None = None, env: Mapping[str, str] = os.environ) -
 def env_overrides(env: Mapping[str, str] = os.environ) -> dict[str, str]:
     """The ``AVI_*`` variables that :func:`load_config` would apply (for logging at start-up,
     so a value set by the unit's ``Environment=`` is not mistaken for the file's)."""
-    return {k: v for k, v in env.items() if k.startswith(ENV_PREFIX)}
+    return {k: v for k, v in env.items() if k.startswith(ENV_PREFIX) and ENV_SEPARATOR in k}
 
 
 def _toml_error(label: str, exc: tomllib.TOMLDecodeError) -> str:
@@ -259,7 +259,19 @@ def _parse_env(env: Mapping[str, str]) -> tuple[dict[str, tuple[tuple[str, ...],
         if not var.startswith(ENV_PREFIX):
             continue
         raw = env[var]
-        parts = var[len(ENV_PREFIX):].lower().split(ENV_SEPARATOR)
+        rest = var[len(ENV_PREFIX):].lower()
+        if ENV_SEPARATOR not in rest:
+            # Every setting is inside a table, so an override always has a '__'. Other AVI_*
+            # names belong to tooling (e.g. AVI_EXTRAS in scripts/bootstrap.sh) unless they
+            # look like a setting with the separator mistyped.
+            section = next((s for s in AgentConfig.model_fields
+                            if rest == s or rest.startswith(s + "_")), None)
+            if section is not None:
+                problems.append(f"{var}: looks like a {section} setting but has no '{ENV_SEPARATOR}' "
+                                f"(write AVI_{section.upper()}{ENV_SEPARATOR}<FIELD>, "
+                                f"e.g. AVI_MESH__LISTEN_PORT)")
+            continue
+        parts = rest.split(ENV_SEPARATOR)
         model: Any = AgentConfig
         ann: Any = None
         fpath: list[str] = []
@@ -278,10 +290,6 @@ def _parse_env(env: Mapping[str, str]) -> tuple[dict[str, tuple[tuple[str, ...],
             ann = fields[part].annotation
             model = _unwrap_optional(ann)
         else:
-            if len(fpath) == 1 and _is_model(model) and not raw.lstrip().startswith("{"):
-                problems.append(f"{var}: {fpath[0]} is a table: set one field "
-                                f"(AVI_{fpath[0].upper()}__FIELD) or give a JSON object")
-                continue
             try:
                 out[var] = (tuple(fpath), _convert_env(raw, ann))
             except ValueError as exc:

@@ -297,9 +297,9 @@ def test_env_errors_name_the_variable() -> None:
     text = "\n".join(probs)
     assert ("AVI_MESH__LISTEN_PORT: mesh.listen_port: Input should be less than or equal to 65535 "
             "(got '70000')") in probs
-    assert "AVI_NODE_NAME: unknown setting 'node_name'" in text
+    assert "AVI_NODE_NAME: looks like a node setting but has no '__'" in text
     assert "AVI_MESH__LISTEN_PORTT: unknown setting 'mesh.listen_portt'" in text
-    assert "AVI_MESH: mesh is a table" in text
+    assert "AVI_MESH: looks like a mesh setting" in text
     assert "AVI_TALK__GROUPS: talk.groups: expected a JSON list" in text
     assert "AVI_MESH__LISTEN_PORT__X: mesh.listen_port is not a table" in text
     assert len(probs) == 6
@@ -322,8 +322,15 @@ def test_toml_syntax_error_still_reports_env_problems(tmp_path: Path) -> None:
     assert probs[0].startswith(f"{p}:1:") and probs[1].startswith("AVI_BOGUS__X: unknown setting")
 
 
-def test_env_overrides_helper_lists_only_ours() -> None:
-    assert config_mod.env_overrides({"AVI_NODE__NAME": "x", "HOME": "/root"}) == {"AVI_NODE__NAME": "x"}
+def test_tooling_variables_without_separator_are_not_settings() -> None:
+    env = {"AVI_EXTRAS": "test", "AVI_NODE__NAME": "x", "HOME": "/root"}
+    assert load_config(None, env).node.name == "x"  # AVI_EXTRAS is scripts/bootstrap.sh's
+    assert config_mod.env_overrides(env) == {"AVI_NODE__NAME": "x"}
+
+
+def test_env_whole_table_needs_json_object() -> None:
+    [problem] = problems_of(None, {"AVI_AUDIO__FAKE_SINK": "wav"})
+    assert problem.startswith("AVI_AUDIO__FAKE_SINK: audio.fake_sink: expected a JSON object")
 
 
 # --- rendering -------------------------------------------------------------------------------
@@ -371,3 +378,10 @@ _values = st.recursive(
 @given(st.dictionaries(_keys, _values, max_size=6))
 def test_to_toml_round_trips_arbitrary_plain_data(data: dict) -> None:
     assert tomllib.loads(to_toml(data)) == data
+
+
+def test_env_override_under_a_non_table_file_value(tmp_path: Path) -> None:
+    p = write(tmp_path, "mesh = 5\n")
+    probs = problems_of(p, {"AVI_MESH__LISTEN_PORT": "4001"})
+    assert f"AVI_MESH__LISTEN_PORT: mesh.listen_port: cannot override, {p} sets mesh to a non-table value" in probs
+    assert any(x.startswith(f"{p}: mesh: Input should be a valid dictionary") for x in probs)
