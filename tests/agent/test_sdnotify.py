@@ -189,16 +189,22 @@ def test_watchdog_pings_stop_while_the_loop_is_blocked(receiver: Receiver,
 
     try:
         trio.run(main)
-        time.sleep(0.3)
     finally:
         stop.set()
         thread.join(5)
+    while True:  # whatever the thread had not read yet
+        try:
+            got.append(receiver.recv(timeout=0.2))
+        except TimeoutError:
+            break
     assert all(d.data == "WATCHDOG=1" and d.pid == os.getpid() for d in got)
     before = [d for d in got if d.at < marks["block"]]
     during = [d for d in got if marks["block"] + 0.01 < d.at < marks["unblock"]]
     after = [d for d in got if d.at >= marks["unblock"]]
-    assert len(before) >= 3, got  # ~10 expected
-    assert during == []
-    assert len(after) >= 3, got  # ~10 expected
-    assert after[0].at - marks["unblock"] < 0.5  # resumes as soon as the loop turns again
-    assert after[0].at - before[-1].at >= 1.4
+    why = {"marks": {k: round(v - marks["start"], 3) for k, v in marks.items()},
+           "pings": [round(d.at - marks["start"], 3) for d in got]}
+    assert len(before) >= 3, why  # ~10 expected
+    assert during == [], why
+    assert len(after) >= 3, why  # ~10 expected
+    assert after[0].at - marks["unblock"] < 1.0, why  # resumes as soon as the loop turns again
+    assert after[0].at - before[-1].at >= 1.4, why
