@@ -40,7 +40,8 @@ def loss_script(chain: str, device: str, permille: int, match: str = "") -> str:
         f"flush chain netdev {LOSS_TABLE} {chain}",
     ]
     if permille > 0:
-        words = ["add rule netdev", LOSS_TABLE, chain, match, f"numgen random mod 1000 < {permille} drop"]
+        chance = "" if permille == 1000 else f"numgen random mod 1000 < {permille}"
+        words = ["add rule netdev", LOSS_TABLE, chain, match, chance, "drop"]
         lines.append(" ".join(w for w in words if w))
     return "\n".join(lines) + "\n"
 
@@ -67,14 +68,21 @@ def partition_script(groups: Sequence[Sequence[str]]) -> str:
 
 
 def tbf_argv(device: str, kbit: int, burst_bytes: int | None = None) -> list[str]:
-    """`tc` arguments that replace `device`'s root qdisc with a token bucket at `kbit`."""
+    """`tc` arguments that replace `device`'s root qdisc with a token bucket at `kbit`.
+
+    The queue holds 200 ms at that rate but at least two 64 kB GSO bursts: a smaller
+    queue drops most of every TSO burst, and TCP then stalls in timeout back-off (seen
+    as a 30 s hang at 1 Mbit/s with a 31 kB queue).
+    """
     if kbit <= 0:
         raise ValueError(f"rate must be positive, got {kbit} kbit")
+    rate_bytes = kbit * 1000 // 8
     # At least a few full frames; otherwise about 20 ms worth of tokens.
-    burst = burst_bytes or max(4 * 1514, kbit * 1000 // 8 // 50)
+    burst = burst_bytes or max(4 * 1514, rate_bytes // 50)
+    limit = max(2 * 65536 + burst, rate_bytes // 5)
     return [
         "tc", "qdisc", "replace", "dev", device, "root",
-        "tbf", "rate", f"{kbit}kbit", "burst", str(burst), "latency", "200ms",
+        "tbf", "rate", f"{kbit}kbit", "burst", str(burst), "limit", str(limit),
     ]
 
 

@@ -51,7 +51,7 @@ def list_namespaces() -> list[str]:
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
-def _owner_alive(name: str) -> bool:
+def owner_alive(name: str) -> bool:
     """True unless `name` is a pid-tagged rig namespace whose owner is gone."""
     parts = name[len(PREFIX):].split("-")
     if len(parts) < 2 or not parts[0].isdigit() or not parts[1].isdigit():
@@ -100,7 +100,7 @@ def cleanup_stale(prefix: str = PREFIX) -> list[str]:
 
     Rigs of live processes and hand-made rigs are left alone. Returns the names removed.
     """
-    stale = [n for n in list_namespaces() if n.startswith(prefix) and not _owner_alive(n)]
+    stale = [n for n in list_namespaces() if n.startswith(prefix) and not owner_alive(n)]
     if stale:
         destroy_namespaces(stale)
     return stale
