@@ -251,6 +251,33 @@ def test_partition_blocks_across_halves_only_and_heals(rig: Rig) -> None:
     assert all(result.values()), result
 
 
+@requires_netns
+def test_process_killed_and_restarted(rig: Rig) -> None:
+    server = rig[1].tool("tcp-echo", "--bind", f"{rig[1].ip}:7450")
+    assert read_line(server, timeout=10).startswith("ready")
+    addr = (rig[1].ip, 7450)
+    assert probe_until(rig[0], addr, True)["connected"]
+    assert rig[1].kill(server) == -signal.SIGKILL
+    r = rig[0].run_tool("tcp-probe", "--to", f"{addr[0]}:{addr[1]}", "--timeout", "1")
+    assert not r["connected"] and "refused" in r["error"].lower(), r
+    again = rig[1].restart(server)
+    assert again.pid != server.pid
+    assert read_line(again, timeout=10).startswith("ready")
+    assert probe_until(rig[0], addr, True)["connected"]
+
+
+def test_two_rigs_with_one_subnet_do_not_collide(netrig) -> None:
+    """Parallel runs may use the same subnet: each rig's addresses live in its own namespaces."""
+    a, b = netrig(2), netrig(2)
+    assert a.prefix != b.prefix and not set(a.namespaces) & set(b.namespaces)
+    assert a[1].ip == b[1].ip
+    serve(b[1], "tcp-echo", 7600)  # only rig b has a listener on 10.77.0.2:7600
+    r_b = b[0].run_tool("tcp-probe", "--to", f"{b[1].ip}:7600", "--timeout", "2")
+    r_a = a[0].run_tool("tcp-probe", "--to", f"{a[1].ip}:7600", "--timeout", "2")
+    assert r_b["connected"]
+    assert not r_a["connected"] and "refused" in r_a["error"].lower()
+
+
 # -- delay relay ----------------------------------------------------------------------------
 
 
