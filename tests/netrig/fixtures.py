@@ -24,7 +24,7 @@ from .marks import REASON as _REASON
 from .marks import SKIP_REASON, requires_netns, skip_unless_netns
 from .rig import Rig
 
-__all__ = ["netrig", "requires_netns", "skip_unless_netns", "netns_skip_count",
+__all__ = ["netrig", "requires_netns", "skip_unless_netns", "netns_skip_count", "pytest_configure",
            "pytest_collection_modifyitems", "pytest_terminal_summary"]
 
 
@@ -48,6 +48,11 @@ def netrig() -> Iterator[Callable[..., Rig]]:
             errors.append(str(exc))
     if errors:
         raise RigError("; ".join(errors))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Also declared in pyproject.toml; repeated so the plugin works outside this repo's config.
+    config.addinivalue_line("markers", "netns: needs root and network namespaces")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
