@@ -1,0 +1,1 @@
+"""Like the real RPi package off a Pi: importing RPi.GPIO raises RuntimeError."""

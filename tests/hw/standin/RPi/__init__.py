@@ -1,0 +1,1 @@
+"""Stand-in for the RPi package (see GPIO.py)."""
