@@ -202,7 +202,7 @@ class AviP2p:
         finally:
             peerDiscovery.unregister_peer_discovered_handler(self._on_mdns_peer)
             self._running = False
-            await self._events_send.aclose()
+            self._events_send.close()  # sync: a cancelled scope must not skip the next line
             self._stopped.set()
 
     async def _run_services(self, task_status: trio.TaskStatus[None]) -> None:

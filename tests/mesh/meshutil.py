@@ -1,0 +1,82 @@
+"""Helpers for mesh tests: start nodes on loopback, connect them, wait for events."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import trio
+
+from agent.mesh import AviP2p, AviP2pConfig, AviP2pHandle, Event
+
+LOCAL = dict(listen_host="127.0.0.1", enable_mdns=False, enable_kad=False)
+
+
+def cfg(**overrides: Any) -> AviP2pConfig:
+    return AviP2pConfig(**{**LOCAL, **overrides})
+
+
+class Node:
+    """A started node with an event recorder: tests wait for events without racing the stream."""
+
+    def __init__(self, node: AviP2p, events: trio.MemoryReceiveChannel[Event]) -> None:
+        self.node = node
+        self.events = events
+        self.h: AviP2pHandle = node.handle()
+        self.seen: list[Event] = []
+        self._changed = trio.Event()
+
+    @property
+    def peer_id(self) -> str:
+        return self.h.local_peer_id
+
+    @property
+    def addr(self) -> str:
+        return self.h.listen_addresses()[0]
+
+    async def record(self) -> None:
+        async for ev in self.events:
+            self.seen.append(ev)
+            self._changed.set()
+            self._changed = trio.Event()
+
+    async def wait_for(self, pred: Callable[[Event], bool], timeout: float = 10.0,
+                       count: int = 1) -> list[Event]:
+        """Wait until `count` recorded events match `pred`; returns them."""
+        with trio.fail_after(timeout):
+            while True:
+                hits = [e for e in self.seen if pred(e)]
+                if len(hits) >= count:
+                    return hits
+                await self._changed.wait()
+
+    def of(self, kind: type) -> list[Any]:
+        return [e for e in self.seen if isinstance(e, kind)]
+
+
+@asynccontextmanager
+async def nodes(n: int, **overrides: Any) -> AsyncIterator[list[Node]]:
+    """Start `n` nodes (each recording its events) and stop them all on exit."""
+    async with AsyncExitStack() as stack:
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        out = []
+        for _ in range(n):
+            node, events = await stack.enter_async_context(AviP2p.start(cfg(**overrides)))
+            rec = Node(node, events)
+            nursery.start_soon(rec.record)
+            out.append(rec)
+        try:
+            yield out
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def connect(a: Node, b: Node) -> None:
+    await a.h.dial(b.addr)
+
+
+async def chain(ns: list[Node]) -> None:
+    """Connect n0-n1-n2-... in a line."""
+    for a, b in zip(ns, ns[1:]):
+        await connect(a, b)
