@@ -15,7 +15,11 @@ that fixes one makes its test fail, and the workaround can then be deleted.
 5. Per-peer outbound queue of 32 RPCs that drops the rest (`_RoomyQueues`): a burst of 100
    published at once loses two thirds before it leaves. We give each peer's queue
    `OUTBOUND_QUEUE` slots (still bounded).
-6. `stream.read()` raises `StreamEOF` (not `b""`) when the other side closes (`read_some`).
+6. The swarm's auto-connector cannot be turned off (`_disable_auto_connector`): it dials peers
+   from the peerstore towards the midpoint of its watermarks, including peers we refused
+   (allow list, max_peers), and a zero high watermark would instead prune every connection.
+   The node keeps its own peers connected, so the auto-connector's `maybe_connect` is a no-op.
+7. `stream.read()` raises `StreamEOF` (not `b""`) when the other side closes (`read_some`).
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ STREAM_ERRORS = (StreamEOF, StreamReset, StreamClosed)
 def secure_host(key_pair: KeyPair, *, enable_mdns: bool, max_connections: int) -> IHost:
     """A host that offers and accepts Noise only, with Yamux as the only muxer."""
     noise = NoiseTransport(key_pair, noise_privkey=x25519.create_new_key_pair().private_key)
-    return new_host(
+    host = new_host(
         key_pair=key_pair,
         sec_opt={NOISE_PROTOCOL_ID: noise},
         muxer_opt={YAMUX_PROTOCOL_ID: Yamux},
@@ -57,6 +61,17 @@ def secure_host(key_pair: KeyPair, *, enable_mdns: bool, max_connections: int) -
         connection_config=ConnectionConfig(max_connections=max_connections, min_connections=0,
                                            low_watermark=0, high_watermark=max_connections),
     )
+    _disable_auto_connector(host)
+    return host
+
+
+def _disable_auto_connector(host: IHost) -> None:
+    connector = getattr(host.get_network(), "auto_connector", None)
+    if connector is not None:
+        async def maybe_connect() -> None:
+            return None
+
+        connector.maybe_connect = maybe_connect
 
 
 def gossip_router(*, heartbeat: float, rate_limit: int, all_on_loopback: bool) -> GossipSub:

@@ -130,6 +130,7 @@ class AviP2p:
         self._commands = trio.CapacityLimiter(config.command_buffer)
         self._peers: dict[PeerId, str] = {}
         self._known: dict[PeerId, PeerInfo] = {}
+        self._announced: dict[PeerId, None] = {}  # peers reported as PeerDiscovered (ordered set)
         self._dialing: set[PeerId] = set()
         self._sessions: dict[StreamId, AudioSession] = {}
         self._topics: set[str] = set()
@@ -375,9 +376,11 @@ class AviP2p:
                 continue
             if not info.addrs:
                 continue
-            is_new = peer not in self._known
             self._remember(peer, info)
-            if is_new:
+            if peer not in self._announced:
+                self._announced[peer] = None
+                while len(self._announced) > self.config.max_peers * MAX_KNOWN_PEERS_FACTOR:
+                    self._announced.pop(next(iter(self._announced)))
                 await self._emit(PeerDiscovered(peer))
             if peer not in self._peers:
                 self._nursery_soon(self._dial_quietly, info)
