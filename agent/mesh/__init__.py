@@ -4,7 +4,8 @@ A library with no dependency on the rest of the agent. No py-libp2p type crosses
 peers are `PeerId` strings, streams are `StreamId` integers, addresses are multiaddr strings.
 """
 
-from .audio_session import StreamStats
+from typing import TYPE_CHECKING
+
 from .config import AviP2pConfig
 from .errors import (AviP2pError, ConfigError, DialError, IdentityError, LimitError,
                      NotAllowedError, NotRunningError, ProtocolError, PubSubError,
@@ -12,7 +13,24 @@ from .errors import (AviP2pError, ConfigError, DialError, IdentityError, LimitEr
 from .events import (AudioData, AudioStreamAccepted, AudioStreamClosed, AudioStreamRequested,
                      Event, Message, PeerConnected, PeerDisconnected, PeerDiscovered, PeerId,
                      Started, StreamId)
-from .node import AviP2p, AviP2pHandle, NodeStats
+
+if TYPE_CHECKING:
+    from .audio_session import StreamStats
+    from .node import AviP2p, AviP2pHandle, NodeStats
+
+# The node pulls in py-libp2p (about 1 s and 70 MB); config, events and errors do not, so
+# `check-config` and other light users stay fast. The node's names load on first use.
+_LAZY = {"AviP2p": "node", "AviP2pHandle": "node", "NodeStats": "node", "StreamStats": "audio_session"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "AviP2p", "AviP2pConfig", "AviP2pHandle", "NodeStats", "StreamStats", "PeerId", "StreamId",
