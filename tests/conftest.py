@@ -13,3 +13,4 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 os.environ.setdefault("PYTHONUNBUFFERED", "1")
+pytest_plugins = ["tests.netrig.fixtures"]
