@@ -19,7 +19,15 @@ that fixes one makes its test fail, and the workaround can then be deleted.
    from the peerstore towards the midpoint of its watermarks, including peers we refused
    (allow list, max_peers), and a zero high watermark would instead prune every connection.
    The node keeps its own peers connected, so the auto-connector's `maybe_connect` is a no-op.
-7. `stream.read()` raises `StreamEOF` (not `b""`) when the other side closes (`read_some`).
+7. A thread leaked per node (`DeliveringPubsub.release`): `Pubsub.seen_messages` starts a
+   sweeper thread that nothing stops; a process that starts and stops nodes gains one
+   thread each time. We stop it when the node stops.
+8. A task kept per inbound connection for the swarm's lifetime (`_reap_inbound_handlers`):
+   after upgrading an inbound connection the swarm's handler awaits `wait_finished()` of the
+   whole swarm, so every connection ever accepted leaves a task behind (a peer reconnecting,
+   or anyone opening connections in a loop, grows the node without bound). We end the
+   handler once its socket is closed.
+9. `stream.read()` raises `StreamEOF` (not `b""`) when the other side closes (`read_some`).
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 import multiaddr
+import trio
 from libp2p import new_host
 from libp2p.abc import IHost, INetStream
 from libp2p.crypto import x25519
@@ -62,7 +71,37 @@ def secure_host(key_pair: KeyPair, *, enable_mdns: bool, max_connections: int) -
                                            low_watermark=0, high_watermark=max_connections),
     )
     _disable_auto_connector(host)
+    _reap_inbound_handlers(host)
     return host
+
+
+REAP_INTERVAL = 1.0
+
+
+def _socket_closed(read_write_closer: object) -> bool:
+    stream = getattr(read_write_closer, "stream", read_write_closer)
+    sock = getattr(stream, "socket", None)
+    return sock is not None and sock.fileno() == -1
+
+
+def _reap_inbound_handlers(host: IHost) -> None:
+    swarm = host.get_network()
+    original = getattr(swarm, "_handle_inbound_connection", None)
+    if original is None:
+        return
+
+    async def handle(read_write_closer, maddr):  # type: ignore[no-untyped-def]
+        async with trio.open_nursery() as nursery:
+            async def reap_when_closed() -> None:
+                while not _socket_closed(read_write_closer):
+                    await trio.sleep(REAP_INTERVAL)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(reap_when_closed)
+            await original(read_write_closer, maddr)
+            nursery.cancel_scope.cancel()
+
+    swarm._handle_inbound_connection = handle
 
 
 def _disable_auto_connector(host: IHost) -> None:
@@ -113,6 +152,12 @@ class DeliveringPubsub(Pubsub):
         super().__init__(host, router, strict_signing=True, max_inbound_rpc_size=max_message_size + 4096)
         self._deliver = deliver
         self.peer_queues = _RoomyQueues()
+
+    def release(self) -> None:
+        """Stop the seen-messages sweeper thread (py-libp2p never does)."""
+        stop = getattr(self.seen_messages, "stop", None)
+        if stop is not None:
+            stop()
 
     def notify_subscriptions(self, publish_message: rpc_pb2.Message) -> None:
         if any(topic in self.topic_ids for topic in publish_message.topicIDs):

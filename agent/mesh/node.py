@@ -202,6 +202,7 @@ class AviP2p:
                 raise DialError(f"cannot listen on {cfg.listen_host}:{cfg.listen_port}: {exc}") from exc
         finally:
             peerDiscovery.unregister_peer_discovered_handler(self._on_mdns_peer)
+            self._pubsub.release()
             self._running = False
             self._events_send.close()  # sync: a cancelled scope must not skip the next line
             self._stopped.set()

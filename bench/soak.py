@@ -1,0 +1,217 @@
+"""Bounded soak of the mesh layer: 3 nodes in one process, an audio stream at real-time pace,
+status-like pub/sub traffic on every node, and one peer leaving and rejoining on a schedule.
+
+Prints RSS, open fds, trio tasks and threads after warm-up and at the end, and frames lost.
+`python bench/soak.py --minutes 10` is the full soak; `--seconds 20` a short one (the tests run
+`run_soak()` with a short duration and assert on the figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+import threading
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from agent.mesh import (AudioData, AudioStreamAccepted, AudioStreamClosed, AudioStreamRequested,  # noqa: E402
+                        AviP2p, AviP2pConfig, Message)
+
+FRAME = bytes(640)
+FRAME_S = 0.020
+
+
+@dataclass
+class Sample:
+    at: float
+    rss_kb: int
+    fds: int
+    tasks: int
+    threads: int
+
+
+@dataclass
+class SoakResult:
+    warm: Sample
+    end: Sample
+    frames_sent: int
+    frames_received: int
+    messages_sent: int
+    messages_received: int
+    rejoins: int
+    streams_opened: int
+
+    @property
+    def frames_lost(self) -> int:
+        return self.frames_sent - self.frames_received
+
+
+def rss_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def count_tasks() -> int:
+    def walk(task: trio.lowlevel.Task) -> int:
+        return 1 + sum(walk(c) for n in task.child_nurseries for c in n.child_tasks)
+    return walk(trio.lowlevel.current_root_task())
+
+
+def sample() -> Sample:
+    gc.collect()
+    return Sample(trio.current_time(), rss_kb(), len(os.listdir("/proc/self/fd")), count_tasks(),
+                  threading.active_count())
+
+
+def cfg() -> AviP2pConfig:
+    return AviP2pConfig(listen_host="127.0.0.1", enable_mdns=False, enable_kad=False)
+
+
+async def run_soak(duration: float, warmup: float = 5.0, churn_every: float = 8.0,
+                   progress: bool = False) -> SoakResult:
+    counts = dict(frames_sent=0, frames_received=0, messages_sent=0, messages_received=0,
+                  rejoins=0, streams_opened=0)
+    async with AsyncExitStack() as stack:
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        a, a_ev = await stack.enter_async_context(AviP2p.start(cfg()))
+        b, b_ev = await stack.enter_async_context(AviP2p.start(cfg()))
+        ha, hb = a.handle(), b.handle()
+        await ha.dial(hb.listen_addresses()[0])
+        for h in (ha, hb):
+            await h.subscribe("soak/status")
+        accepted = trio.Event()
+        stream_state: dict[str, int | None] = {"sid": None}
+
+        async def b_events() -> None:
+            async for ev in b_ev:
+                match ev:
+                    case AudioStreamRequested(stream_id=sid):
+                        await hb.accept_audio_stream(sid)
+                    case AudioData():
+                        counts["frames_received"] += 1
+                    case Message():
+                        counts["messages_received"] += 1
+
+        async def a_events() -> None:
+            async for ev in a_ev:
+                match ev:
+                    case AudioStreamAccepted():
+                        accepted.set()
+                    case AudioStreamClosed(stream_id=sid) if sid == stream_state["sid"]:
+                        stream_state["sid"] = None
+                    case Message():
+                        counts["messages_received"] += 1
+
+        async def talker() -> None:
+            """A streams to B at real-time pace; the stream is reopened every few seconds."""
+            nonlocal accepted
+            next_t = trio.current_time()
+            while True:
+                if stream_state["sid"] is None:
+                    accepted = trio.Event()
+                    stream_state["sid"] = await ha.request_audio_stream(hb.local_peer_id)
+                    counts["streams_opened"] += 1
+                    with trio.fail_after(10):
+                        await accepted.wait()
+                    opened_at = trio.current_time()
+                await ha.send_audio(stream_state["sid"], FRAME)
+                counts["frames_sent"] += 1
+                if trio.current_time() - opened_at > 4.0:
+                    # Let the last frames land before closing, so "lost" means lost.
+                    await trio.sleep(0.2)
+                    sid, stream_state["sid"] = stream_state["sid"], None
+                    await ha.close_audio_stream(sid)
+                next_t += FRAME_S
+                await trio.sleep_until(max(next_t, trio.current_time()))
+
+        async def publisher(h) -> None:  # type: ignore[no-untyped-def]
+            i = 0
+            while True:
+                await h.publish("soak/status", b'{"v":1,"n":%d}' % i + bytes(200))
+                counts["messages_sent"] += 1
+                i += 1
+                await trio.sleep(0.5)
+
+        c_away = trio.Event()
+
+        async def churn() -> None:
+            """A third peer joins, publishes, and leaves; again and again."""
+            nonlocal c_away
+            while True:
+                c_away = trio.Event()
+                async with AviP2p.start(cfg()) as (c, c_ev):
+                    hc = c.handle()
+                    await hc.dial(ha.listen_addresses()[0])
+                    await hc.subscribe("soak/status")
+                    async with trio.open_nursery() as n:
+                        n.start_soon(_drain, c_ev)
+                        await trio.sleep(churn_every / 2)
+                        n.cancel_scope.cancel()
+                counts["rejoins"] += 1
+                c_away.set()
+                await trio.sleep(churn_every / 2)
+
+        for fn in (b_events, a_events, talker, churn):
+            nursery.start_soon(fn)
+        for h in (ha, hb):
+            nursery.start_soon(publisher, h)
+
+        async def settled_sample() -> Sample:
+            """Sample at the same point of the churn cycle: 1 s after the third peer left."""
+            await c_away.wait()
+            await trio.sleep(1.0)
+            return sample()
+
+        await trio.sleep(warmup)
+        warm = await settled_sample()
+        if progress:
+            print(f"warm-up done: {warm}", flush=True)
+        end_at = trio.current_time() + duration
+        while trio.current_time() < end_at:
+            await trio.sleep(min(30.0, end_at - trio.current_time()))
+            if progress:
+                print(f"t={trio.current_time() - warm.at:6.0f}s {sample()} {counts}", flush=True)
+        end = await settled_sample()
+        nursery.cancel_scope.cancel()
+    return SoakResult(warm, end, **counts)
+
+
+async def _drain(ch) -> None:  # type: ignore[no-untyped-def]
+    async for _ in ch:
+        pass
+
+
+def print_table(r: SoakResult) -> None:
+    print(f"{'figure':<22}{'after warm-up':>15}{'end':>12}{'change':>10}")
+    for name in ("rss_kb", "fds", "tasks", "threads"):
+        w, e = getattr(r.warm, name), getattr(r.end, name)
+        print(f"{name:<22}{w:>15}{e:>12}{e - w:>+10}")
+    print(f"{'audio frames sent':<22}{r.frames_sent:>15}")
+    print(f"{'audio frames received':<22}{r.frames_received:>15}")
+    print(f"{'audio frames lost':<22}{r.frames_lost:>15}")
+    print(f"{'messages sent/recv':<22}{r.messages_sent:>15}{r.messages_received:>12}")
+    print(f"{'streams opened':<22}{r.streams_opened:>15}")
+    print(f"{'peer rejoins':<22}{r.rejoins:>15}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--minutes", type=float, default=None)
+    ap.add_argument("--seconds", type=float, default=60.0)
+    args = ap.parse_args()
+    duration = args.minutes * 60 if args.minutes is not None else args.seconds
+    result = trio.run(run_soak, duration, 10.0, 8.0, True)
+    print_table(result)
+
+
+if __name__ == "__main__":
+    main()
