@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from multiaddr import Multiaddr
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class AviP2pConfig(BaseModel):
@@ -64,3 +64,11 @@ class AviP2pConfig(BaseModel):
             except Exception:
                 raise ValueError(f"not a peer id: {p!r}") from None
         return v
+
+    @model_validator(mode="after")
+    def _check_liveness(self) -> AviP2pConfig:
+        if self.stream_timeout < 2 * self.keepalive_interval:
+            raise ValueError(
+                f"stream_timeout ({self.stream_timeout:g} s) must be at least twice keepalive_interval "
+                f"({self.keepalive_interval:g} s), or a quiet but healthy stream would time out")
+        return self
