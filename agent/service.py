@@ -1,0 +1,559 @@
+"""The agent service: wires config, devices, mesh, status and talk in one trio nursery.
+
+Lifecycle (``avi-agent run``)::
+
+    devices task ── opens source, sink, button, LED (retried until they open) ─┐
+    mesh loop ───── AviP2p.start(cfg.mesh) (retried with back-off) ──────────────┤
+                      ├─ dispatcher: the ONLY reader of the mesh event channel   │
+                      ├─ Status.run: subscribe, publish every interval/on change │
+                      └─ talk (when agent.talk provides Talk) ◄─────────────────┘ then READY=1
+    watchdog ────── WATCHDOG=1 from the loop itself
+    status line ─── STATUS=... whenever the readable summary changes; LED error pattern on faults
+    signals ─────── SIGTERM/SIGINT: STOPPING=1 and a clean exit; SIGHUP: reload
+
+A device or network fault is logged, shown in STATUS= and on the LED, and retried; only a
+configuration error (exit 78) ends the process on its own.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import trio
+
+from agent.config import AgentConfig, ConfigError, EX_CONFIG, load_config
+from agent.health import ProcessCpu, load_average, soc_temperature
+from agent.logs import setup_logging
+from agent.mesh.errors import AviP2pError
+from agent.mesh.errors import ConfigError as MeshConfigError
+from agent.mesh.events import (AudioData, AudioStreamAccepted, AudioStreamClosed, AudioStreamRequested,
+                               Event, Message, PeerConnected, PeerDisconnected, PeerDiscovered, Started)
+from agent.sdnotify import Notifier, run_watchdog
+from agent.status import LocalFigures, Status
+from hw.config import open_audio_sink, open_audio_source, open_button, open_led
+
+__all__ = ["Service", "Devices", "Faults", "TalkLike", "load_talk_class", "EX_OK"]
+
+log = logging.getLogger("agent.service")
+
+EX_OK = 0
+STATUS_LINE_PERIOD_S = 1.0  # how often the summary is recomputed (sent only when it changed)
+MESH_RETRY_MAX_S = 30.0
+TALK_RETRY_S = 2.0
+# Settings SIGHUP applies live; everything else is reported as needing a restart.
+RELOADABLE = ("logging.", "status.interval_s", "status.stale_after_s", "status.max_message_bytes",
+              "status.max_nodes")
+
+
+class TalkStats(Protocol):
+    streams_in: int
+    streams_out: int
+    frames_sent: int
+    frames_received: int
+    frames_dropped: int
+
+
+class TalkLike(Protocol):
+    """What the service expects of ``agent.talk.Talk`` (built by another part of the project)."""
+
+    async def run(self, *, task_status: trio.TaskStatus[Any] = ...) -> None: ...
+
+    async def handle_event(self, event: Event) -> None: ...
+
+    def stats(self) -> TalkStats: ...
+
+
+def load_talk_class() -> tuple[type | None, str]:
+    """``agent.talk.Talk`` when it exists, plus a sentence for the log explaining the outcome."""
+    try:
+        mod = importlib.import_module("agent.talk")
+    except ModuleNotFoundError as exc:
+        if exc.name in ("agent.talk",):
+            return None, "push-to-talk is not installed (no agent.talk): running without talk"
+        return None, f"push-to-talk cannot be loaded ({exc}): running without talk"
+    except Exception as exc:  # a broken talk module must not stop status and the mesh
+        return None, f"push-to-talk failed to import ({type(exc).__name__}: {exc}): running without talk"
+    cls = getattr(mod, "Talk", None)
+    if cls is None:
+        return None, "agent.talk has no Talk class yet: running without talk"
+    return cls, "push-to-talk enabled (agent.talk.Talk)"
+
+
+@dataclass(frozen=True, slots=True)
+class Devices:
+    source: Any  # hw.audio.AudioSource
+    sink: Any  # hw.audio.AudioSink
+    button: Any  # hw.gpio.Button
+    led: Any  # hw.gpio.Led
+
+
+class Faults:
+    """Current faults by area (``devices``, ``audio``, ``mesh``, ``status``, ``talk``, ``config``)
+    and the most recent error text (kept after the fault clears, for the status message)."""
+
+    def __init__(self) -> None:
+        self.active: dict[str, str] = {}
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self.count = 0
+
+    def set(self, area: str, text: str) -> bool:
+        """Record a fault; True when it is new or its text changed."""
+        self.last_error = f"{area}: {text}"
+        self.last_error_at = time.time()
+        if self.active.get(area) == text:
+            return False
+        self.count += 1
+        self.active[area] = text
+        return True
+
+    def clear(self, area: str) -> bool:
+        return self.active.pop(area, None) is not None
+
+    def summary(self) -> str:
+        return "; ".join(f"{a}: {t}" for a, t in sorted(self.active.items()))
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The leaf exceptions of a (possibly nested) exception group."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+def _describe(exc: BaseException) -> str:
+    """A short, readable text for an exception or group (``TimeoutError: ...; OSError: ...``)."""
+    texts = []
+    for leaf in _leaves(exc):
+        text = str(leaf) or type(leaf).__name__
+        if not isinstance(leaf, (AviP2pError,)) and type(leaf).__name__ not in text:
+            text = f"{type(leaf).__name__}: {text}"
+        if text not in texts:
+            texts.append(text)
+    return "; ".join(texts)
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_changes(old: AgentConfig, new: AgentConfig) -> tuple[list[str], list[str]]:
+    """(reloadable, needs-restart) dotted names of the settings that differ."""
+    a, b = _flatten(old.model_dump(mode="json")), _flatten(new.model_dump(mode="json"))
+    changed = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    live = [k for k in changed if any(k == r or (r.endswith(".") and k.startswith(r)) for r in RELOADABLE)]
+    return live, [k for k in changed if k not in live]
+
+
+class Service:
+    """One node's agent. ``await Service(cfg, path).run()`` returns the exit status."""
+
+    def __init__(self, config: AgentConfig, config_path: Path | None = None, *,
+                 notifier: Notifier | None = None, env: Mapping[str, str] | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.env = os.environ if env is None else env
+        self.notifier = notifier or Notifier(self.env)
+        self.faults = Faults()
+        self.phase = "starting"
+        self.restart_needed: list[str] = []
+        self.devices: Devices | None = None
+        self.devices_open = trio.Event()
+        self.node: Any = None  # AviP2p while the mesh runs
+        self.handle: Any = None
+        self.status: Status | None = None
+        self.talk: Any = None
+        self.talk_class, self._talk_note = load_talk_class()
+        self.ready_sent = False
+        self.peer_id: str | None = None
+        self.listen_addresses: list[str] = []
+        self._changed = trio.Event()
+        self._cpu = ProcessCpu()
+        self._last_line: str | None = None
+        self._led_pattern: str | None = None
+        self._exit_code = EX_OK
+        self._root: trio.Nursery | None = None
+
+    # --- entry point --------------------------------------------------------------------------
+    async def run(self) -> int:
+        log.info("avi-agent starting: node %s, config %s", self.config.node.name,
+                 self.config_path or "(defaults)", extra={"node": self.config.node.name})
+        log.info(self._talk_note)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async with trio.open_nursery() as nursery:
+                self._root = nursery
+                nursery.start_soon(self._signals, signals)
+                interval = await nursery.start(run_watchdog, self.notifier)
+                if interval is not None:
+                    log.info("systemd watchdog: pinging every %.2f s", interval)
+                nursery.start_soon(self._status_line)
+                nursery.start_soon(self._device_task)
+                nursery.start_soon(self._mesh_loop)
+        log.info("avi-agent stopped (exit %d)", self._exit_code)
+        return self._exit_code
+
+    def stop(self, exit_code: int = EX_OK) -> None:
+        if self.phase != "stopping":
+            self.phase = "stopping"
+            self.notifier.stopping()
+            self.notifier.status(f"{self.config.node.name}: stopping")
+        self._exit_code = exit_code
+        if self._root is not None:
+            self._root.cancel_scope.cancel()
+
+    def changed(self) -> None:
+        """Something a person (STATUS=) or the fleet (status topic) would notice has changed."""
+        self._changed.set()
+        if self.status is not None:
+            self.status.poke()
+
+    def fault(self, area: str, text: str) -> None:
+        if self.faults.set(area, text):
+            log.error("fault: %s: %s", area, text, extra={"area": area})
+            self.changed()
+
+    def clear_fault(self, area: str) -> None:
+        if self.faults.clear(area):
+            log.info("recovered: %s", area, extra={"area": area})
+            self.changed()
+
+    # --- signals and reload -------------------------------------------------------------------
+    async def _signals(self, signals: Any) -> None:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                await self.reload()
+                continue
+            log.info("%s received: stopping", signal.Signals(signum).name)
+            self.stop(EX_OK)
+            return
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read the config; apply logging and status timing; report the rest."""
+        self.notifier.reloading()
+        try:
+            new = load_config(self.config_path, self.env)
+        except ConfigError as exc:
+            for line in exc.problems:
+                log.error("reload: %s", line)
+            self.fault("config", f"reload failed ({len(exc.problems)} problem(s)), still running "
+                                 "the previous config")
+            self.notifier.ready()
+            return
+        self.clear_fault("config")
+        live, restart = config_changes(self.config, new)
+        if any(k.startswith("logging.") for k in live):
+            setup_logging(new.logging, self.config.node.name)
+        status_cfg = new.status.model_copy(update={"topic": self.config.status.topic})
+        if self.status is not None:
+            self.status.reconfigure(status_cfg)
+        applied = self.config.model_copy(update={"logging": new.logging, "status": status_cfg})
+        if "talk" in {k.split(".")[0] for k in restart} and self.talk is not None \
+                and callable(getattr(self.talk, "reconfigure", None)):
+            self.talk.reconfigure(new)
+            restart = [k for k in restart if not k.startswith("talk.")]
+            applied = applied.model_copy(update={"talk": new.talk})
+        self.config = applied
+        self.restart_needed = restart
+        if live:
+            log.info("reload: applied %s", ", ".join(live))
+        if restart:
+            log.warning("reload: %s changed but cannot be applied while running; "
+                        "restart the service (systemctl restart avi-agent)", ", ".join(restart))
+        if not live and not restart:
+            log.info("reload: configuration unchanged")
+        self.notifier.ready()
+        self.changed()
+
+    # --- devices ------------------------------------------------------------------------------
+    async def _device_task(self) -> None:
+        """Open the devices (retrying with back-off until they open) and hold them open."""
+        cfg = self.config
+        delay = cfg.audio.reopen_interval_s
+        while True:
+            async with AsyncExitStack() as stack:
+                try:
+                    led = await stack.enter_async_context(open_led(cfg.gpio))
+                    button = await stack.enter_async_context(open_button(cfg.gpio))
+                    source = await stack.enter_async_context(open_audio_source(cfg.audio))
+                    sink = await stack.enter_async_context(open_audio_sink(cfg.audio))
+                except Exception as exc:  # device errors are many types (ALSA, GPIO, OS)
+                    self.fault("devices", f"cannot open: {_describe(exc)}")
+                else:
+                    self.devices = Devices(source, sink, button, led)
+                    self._led_pattern = None
+                    self.clear_fault("devices")
+                    log.info("devices open: audio %s, gpio %s", cfg.audio.backend, cfg.gpio.backend)
+                    self.devices_open.set()
+                    self.changed()
+                    try:
+                        await trio.sleep_forever()
+                    finally:
+                        self.devices = None
+            await trio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    def _device_health(self) -> None:
+        d = self.devices
+        if d is None:
+            return
+        problems = []
+        for name, dev in (("capture", d.source), ("playback", d.sink)):
+            try:
+                st = dev.stats()
+            except Exception as exc:
+                problems.append(f"{name} stats failed: {exc}")
+                continue
+            if st.state == "recovering":
+                problems.append(f"{name} device lost, reopening")
+        if problems:
+            self.fault("audio", "; ".join(problems))
+        else:
+            self.clear_fault("audio")
+
+    # --- mesh ---------------------------------------------------------------------------------
+    async def _mesh_loop(self) -> None:
+        from agent.mesh import AviP2p  # loads py-libp2p (~1 s): after the watchdog is running
+
+        delay = 1.0
+        while True:
+            started = False
+            try:
+                async with AviP2p.start(self.config.mesh) as (node, events):
+                    started = True
+                    delay = 1.0
+                    self.clear_fault("mesh")
+                    await self._with_mesh(node, events)
+                    reason = "the mesh node stopped"
+            except Exception as exc:  # noqa: BLE001 - a network fault must not end the service
+                leaves = _leaves(exc)
+                bad_config = [e for e in leaves if isinstance(e, MeshConfigError)]
+                if bad_config:
+                    log.critical("mesh configuration error: %s", bad_config[0])
+                    self.stop(EX_CONFIG)
+                    return
+                if not all(isinstance(e, (AviP2pError, OSError, trio.TooSlowError)) for e in leaves):
+                    log.exception("unexpected error in the mesh layer")
+                reason = _describe(exc)
+            finally:
+                self.node = self.handle = self.status = self.talk = None
+            self.fault("mesh", f"{reason}; retrying in {delay:g} s" if not started else
+                       f"{reason}; restarting in {delay:g} s")
+            await trio.sleep(delay)
+            delay = min(delay * 2, MESH_RETRY_MAX_S)
+
+    async def _with_mesh(self, node: Any, events: trio.MemoryReceiveChannel[Event]) -> None:
+        handle = node.handle()
+        self.node, self.handle = node, handle
+        self.peer_id = handle.local_peer_id
+        self.listen_addresses = [a if "/p2p/" in a else f"{a}/p2p/{self.peer_id}"
+                                 for a in handle.listen_addresses()]
+        log.info("mesh listening: %s", " ".join(self.listen_addresses), extra={"peer": self.peer_id})
+        self.status = Status(self.config.status, handle, self.config.node.name, self.peer_id,
+                             self._figures, on_error=lambda why: self.fault("status", why))
+        async with trio.open_nursery() as n:
+            n.start_soon(self._dispatch, events, n)
+            await n.start(self._keep_status, self.status)
+            await self.devices_open.wait()
+            if self.talk_class is not None:
+                await n.start(self._run_talk, handle)
+            if not self.ready_sent:
+                self.ready_sent = True
+                self.phase = "ready"
+                self.notifier.ready()
+                log.info("ready: mesh listening, devices open")
+            self.changed()
+
+    async def _keep_status(self, status: Status, *, task_status: trio.TaskStatus[None]) -> None:
+        """Run the status publisher; a failed subscribe is retried, not fatal."""
+        first = True
+        while True:
+            try:
+                async with trio.open_nursery() as n:
+                    await n.start(status.run)
+                    self.clear_fault("status")
+                    if first:
+                        first = False
+                        task_status.started()
+            except Exception as exc:  # noqa: BLE001 - retried; the fault is shown
+                self.fault("status", f"status topic: {_describe(exc)}")
+                if first:
+                    first = False
+                    task_status.started()
+                await trio.sleep(2.0)
+
+    async def _run_talk(self, handle: Any, *, task_status: trio.TaskStatus[None]) -> None:
+        """Run ``Talk`` (restarting it after a crash); reports started after the first attempt
+        either way, so a broken talk does not hold back READY=1 (the fault is shown instead)."""
+        first = True
+        while True:
+            d = self.devices
+            if d is None:
+                await self.devices_open.wait()
+                continue
+            try:
+                talk = self.talk_class(self.config, handle, d.source, d.sink, d.button, d.led)
+                async with trio.open_nursery() as n:
+                    await n.start(talk.run)
+                    self.talk = talk
+                    self.clear_fault("talk")
+                    log.info("push-to-talk running")
+                    if first:
+                        first = False
+                        task_status.started()
+            except Exception as exc:
+                log.exception("push-to-talk failed")
+                self.fault("talk", f"{_describe(exc)}; restarting")
+            finally:
+                self.talk = None
+            if first:
+                first = False
+                task_status.started()
+            await trio.sleep(TALK_RETRY_S)
+
+    async def _dispatch(self, events: trio.MemoryReceiveChannel[Event], nursery: trio.Nursery) -> None:
+        """The one reader of the mesh events: status messages to Status, the rest to talk."""
+        async for event in events:
+            talk = self.talk
+            match event:
+                case Message(topic=topic) if self.status is not None and topic == self.status.topic:
+                    self.status.handle_message(event)
+                    continue
+                case Started():
+                    continue
+                case PeerConnected(peer_id=p, address=a):
+                    log.info("peer connected: %s at %s", p, a, extra={"peer": p})
+                    self.changed()
+                case PeerDisconnected(peer_id=p):
+                    log.info("peer disconnected: %s", p, extra={"peer": p})
+                    self.changed()
+                case PeerDiscovered(peer_id=p):
+                    log.debug("peer discovered: %s", p, extra={"peer": p})
+                case AudioStreamRequested(from_peer=p, stream_id=s) if talk is None:
+                    nursery.start_soon(self._refuse_stream, p, s)
+                    continue
+                case AudioStreamAccepted() | AudioStreamClosed():
+                    self.changed()
+                case AudioData() if talk is None:
+                    continue
+            if talk is not None:
+                try:
+                    await talk.handle_event(event)
+                except Exception as exc:
+                    log.exception("push-to-talk could not handle %s", type(event).__name__)
+                    self.fault("talk", f"event handling: {type(exc).__name__}: {exc}")
+        # The channel closes when the node stops: let the mesh loop restart it.
+        nursery.cancel_scope.cancel()
+
+    async def _refuse_stream(self, peer: str, stream_id: int) -> None:
+        try:
+            await self.handle.reject_audio_stream(stream_id, "push-to-talk is not running on this node")
+        except (AviP2pError, AttributeError) as exc:
+            log.debug("could not refuse stream %x from %s: %s", stream_id, peer, exc)
+        log.info("refused audio stream %x from %s: push-to-talk is not running", stream_id, peer,
+                 extra={"peer": peer, "stream": f"{stream_id:x}"})
+
+    # --- figures, STATUS= and LED -------------------------------------------------------------
+    def _stream_counts(self) -> tuple[int, int]:
+        if self.node is None:
+            return 0, 0
+        streams = self.node.stats().streams
+        live = [s for s in streams if s.state != "closed"]
+        return (sum(1 for s in live if s.direction == "in"), sum(1 for s in live if s.direction == "out"))
+
+    def _figures(self) -> LocalFigures:
+        peers = list(self.handle.connected_peers()) if self.handle is not None else []
+        s_in, s_out = self._stream_counts()
+        sent = received = drops = xruns = 0
+        if self.node is not None:
+            st = self.node.stats()
+            drops += st.audio_frames_dropped
+            sent = sum(s.frames_sent for s in st.streams)
+            received = sum(s.frames_received for s in st.streams)
+        if self.talk is not None:
+            try:
+                ts = self.talk.stats()
+                sent, received = ts.frames_sent, ts.frames_received
+                drops += ts.frames_dropped
+                s_in, s_out = max(s_in, ts.streams_in), max(s_out, ts.streams_out)
+            except Exception as exc:
+                log.debug("talk.stats() failed: %s", exc)
+        d = self.devices
+        if d is not None:
+            for dev in (d.source, d.sink):
+                try:
+                    a = dev.stats()
+                    xruns += a.xruns
+                    drops += a.dropped
+                except Exception as exc:
+                    log.debug("device stats failed: %s", exc)
+        state = "starting" if self.phase == "starting" else ("degraded" if self.faults.active else "ok")
+        return LocalFigures(state=state, peers=peers, streams_in=s_in, streams_out=s_out,
+                            frames_sent=sent, frames_received=received, xruns=xruns, drops=drops,
+                            cpu_load=load_average(), process_cpu=self._cpu.sample(),
+                            temp_c=soc_temperature(), talk=self.talk is not None,
+                            last_error=self.faults.last_error)
+
+    def status_line(self) -> str:
+        """One line for ``systemctl status``: phase, peers, fleet, streams, talk, errors."""
+        n_peers = len(self.handle.connected_peers()) if self.handle is not None else 0
+        s_in, s_out = self._stream_counts()
+        parts = [f"{self.config.node.name} {self.phase}"]
+        parts.append(f"{n_peers} peer{'s' if n_peers != 1 else ''}")
+        if self.status is not None:
+            fs = self.status.view.stats()
+            parts.append(f"fleet {fs.nodes - fs.stale} seen" + (f", {fs.stale} stale" if fs.stale else ""))
+            if fs.rejected:
+                parts.append(f"{fs.rejected} bad status msgs")
+        parts.append(f"streams {s_in} in/{s_out} out")
+        parts.append("talk on" if self.talk is not None else "talk off")
+        if self.restart_needed:
+            parts.append("restart needed for " + ", ".join(self.restart_needed[:4])
+                         + (" ..." if len(self.restart_needed) > 4 else ""))
+        parts.append(f"ERROR {self.faults.summary()}" if self.faults.active else "no errors")
+        return "; ".join(parts)
+
+    def _update_led(self) -> None:
+        d = self.devices
+        if d is None:
+            return
+        want = "error" if self.faults.active else "idle"
+        # Talk drives the LED while it transmits/receives; the service only switches between
+        # idle and error, and only when its own choice changes.
+        if want != self._led_pattern:
+            try:
+                d.led.set_pattern(want)
+                self._led_pattern = want
+            except Exception as exc:
+                log.debug("LED pattern %s failed: %s", want, exc)
+
+    async def _status_line(self) -> None:
+        while True:
+            with trio.move_on_after(STATUS_LINE_PERIOD_S):
+                await self._changed.wait()
+            self._changed = trio.Event()
+            self._device_health()
+            self._update_led()
+            if self.phase == "stopping":
+                return
+            line = self.status_line()
+            if line != self._last_line:
+                self._last_line = line
+                self.notifier.status(line)
+                log.debug("status: %s", line)
+            await trio.sleep(0.1)  # coalesce bursts

@@ -1,0 +1,386 @@
+"""Fleet status: the versioned status message, its publisher, and the view of the other nodes.
+
+Every node publishes a :class:`StatusMessage` (JSON, ``"v": 1``) on the status topic every
+``status.interval_s`` seconds and as soon as something a person would notice changes (peers,
+streams, state, last error, fleet size). Every node (and ``avi-agent monitor``) keeps a
+:class:`FleetView` of the others with last-seen times; a node not heard from for
+``status.stale_after_s`` is shown as stale. A peer's message that is oversized, not JSON, of an
+unknown version, or claims another peer's id is dropped and counted; it never reaches the view.
+
+The message never carries the identity key or anything derived from it besides the peer id.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import trio
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agent import __version__
+from agent.config import StatusConfig
+from agent.mesh.errors import AviP2pError
+from agent.mesh.events import Message
+
+__all__ = ["STATUS_VERSION", "StatusMessage", "StatusRejected", "encode_status", "decode_status",
+           "FleetEntry", "FleetStats", "FleetView", "Status", "MAX_LISTED_PEERS"]
+
+log = logging.getLogger("agent.status")
+
+STATUS_VERSION = 1
+MAX_LISTED_PEERS = 16  # connected_peers is a sample; `peers` is the count
+MAX_ERROR_CHARS = 300
+# Publishing on change is coalesced: at most one message per this many seconds.
+MIN_PUBLISH_GAP_S = 0.25
+
+State = Literal["starting", "ok", "degraded"]
+
+
+class StatusMessage(BaseModel):
+    """Status topic message, version 1. Fields added later within v1 are ignored by older
+    readers (``extra="ignore"``); a change of meaning gets a new ``v``."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
+
+    v: Literal[1] = STATUS_VERSION
+    node: str = Field(min_length=1, max_length=64)
+    peer_id: str = Field(min_length=1, max_length=128)
+    version: str = Field(max_length=32)
+    seq: int = Field(ge=0)
+    uptime_s: float = Field(ge=0)
+    state: str = Field(max_length=16, description="starting, ok or degraded")
+    peers: int = Field(ge=0)
+    connected_peers: list[str] = Field(default_factory=list, max_length=MAX_LISTED_PEERS)
+    fleet: int = Field(0, ge=0, description="other nodes whose status we see (not stale)")
+    streams_in: int = Field(0, ge=0)
+    streams_out: int = Field(0, ge=0)
+    frames_sent: int = Field(0, ge=0)
+    frames_received: int = Field(0, ge=0)
+    xruns: int = Field(0, ge=0)
+    drops: int = Field(0, ge=0)
+    cpu_load: float | None = Field(None, ge=0)
+    process_cpu: float | None = Field(None, ge=0)
+    temp_c: float | None = None
+    talk: bool = False
+    status_rejected: int = Field(0, ge=0, description="peers' status messages we dropped")
+    last_error: str | None = Field(None, max_length=MAX_ERROR_CHARS)
+
+
+class StatusRejected(ValueError):
+    """A peer's status message was dropped; ``kind`` is oversized, malformed, version or spoofed."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+
+def encode_status(msg: StatusMessage) -> bytes:
+    return msg.model_dump_json().encode("utf-8")
+
+
+def decode_status(data: bytes, from_peer: str, max_bytes: int) -> StatusMessage:
+    """Parse and check one message from ``from_peer``; raises :class:`StatusRejected`."""
+    if len(data) > max_bytes:
+        raise StatusRejected("oversized", f"{len(data)} bytes > {max_bytes}")
+    try:
+        raw = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StatusRejected("malformed", f"not JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise StatusRejected("malformed", f"not a JSON object ({type(raw).__name__})")
+    if raw.get("v") != STATUS_VERSION:
+        raise StatusRejected("version", f"unsupported version {raw.get('v')!r}")
+    try:
+        msg = StatusMessage.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise StatusRejected("malformed", f"{where}: {first['msg']} ({exc.error_count()} errors)") from None
+    if not all(math.isfinite(x) for x in (msg.uptime_s, msg.cpu_load or 0.0,
+                                            msg.process_cpu or 0.0, msg.temp_c or 0.0)):
+        raise StatusRejected("malformed", "non-finite number")
+    if msg.peer_id != from_peer:
+        # Gossip messages are signed by their origin: a mismatch is a node speaking for another.
+        raise StatusRejected("spoofed", f"claims peer id {msg.peer_id} but was signed by {from_peer}")
+    return msg
+
+
+# ---------------------------------------------------------------------------------------------
+# The fleet view
+
+@dataclass(frozen=True, slots=True)
+class FleetEntry:
+    """One other node as we last heard it."""
+
+    status: StatusMessage
+    last_seen: float  # the view's clock (time.monotonic by default)
+    messages: int
+    stale: bool
+
+    @property
+    def peer_id(self) -> str:
+        return self.status.peer_id
+
+    def age(self, now: float) -> float:
+        return max(0.0, now - self.last_seen)
+
+
+@dataclass(frozen=True, slots=True)
+class FleetStats:
+    accepted: int
+    rejected: int
+    rejected_by_kind: Mapping[str, int]
+    evicted: int
+    nodes: int
+    stale: int
+
+
+@dataclass
+class _Slot:
+    status: StatusMessage
+    last_seen: float
+    messages: int = 1
+
+
+class FleetView:
+    """The other nodes by peer id, bounded by ``max_nodes`` (the longest-quiet one is evicted)."""
+
+    def __init__(self, stale_after_s: float = 15.0, max_nodes: int = 256, max_message_bytes: int = 4096,
+                 *, local_peer_id: str | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stale_after_s = stale_after_s
+        self.max_nodes = max_nodes
+        self.max_message_bytes = max_message_bytes
+        self.local_peer_id = local_peer_id
+        self._clock = clock
+        self._nodes: dict[str, _Slot] = {}
+        self._accepted = 0
+        self._rejected: dict[str, int] = {}
+        self._evicted = 0
+        self._warned: set[tuple[str, str]] = set()
+
+    @classmethod
+    def from_config(cls, cfg: StatusConfig, **kw: Any) -> "FleetView":
+        return cls(cfg.stale_after_s, cfg.max_nodes, cfg.max_message_bytes, **kw)
+
+    def reconfigure(self, cfg: StatusConfig) -> None:
+        self.stale_after_s = cfg.stale_after_s
+        self.max_nodes = cfg.max_nodes
+        self.max_message_bytes = cfg.max_message_bytes
+        while len(self._nodes) > self.max_nodes:
+            self._evict_one()
+
+    @property
+    def rejected(self) -> int:
+        return sum(self._rejected.values())
+
+    def receive(self, from_peer: str, data: bytes) -> StatusMessage | None:
+        """Take one message off the status topic; returns it, or None when it was dropped."""
+        try:
+            msg = decode_status(data, from_peer, self.max_message_bytes)
+        except StatusRejected as exc:
+            self._rejected[exc.kind] = self._rejected.get(exc.kind, 0) + 1
+            # One warning per peer and kind; the rest at debug (a flood must not flood the log).
+            key = (from_peer, exc.kind)
+            level = logging.DEBUG if key in self._warned else logging.WARNING
+            if len(self._warned) < 1024:
+                self._warned.add(key)
+            log.log(level, "dropped status message from %s: %s", from_peer, exc, extra={"peer": from_peer})
+            return None
+        if msg.peer_id == self.local_peer_id:
+            return None
+        now = self._clock()
+        slot = self._nodes.get(msg.peer_id)
+        if slot is None:
+            if len(self._nodes) >= self.max_nodes:
+                self._evict_one()
+            self._nodes[msg.peer_id] = _Slot(msg, now)
+            log.info("fleet: first status from %s (%s)", msg.node, msg.peer_id, extra={"peer": msg.peer_id})
+        else:
+            # The latest to arrive wins: messages are seconds apart, and a restarted node
+            # legitimately starts again at seq 0.
+            slot.status, slot.last_seen = msg, now
+            slot.messages += 1
+        self._accepted += 1
+        return msg
+
+    def _evict_one(self) -> None:
+        oldest = min(self._nodes, key=lambda p: self._nodes[p].last_seen)
+        del self._nodes[oldest]
+        self._evicted += 1
+
+    def forget(self, peer_id: str) -> None:
+        self._nodes.pop(peer_id, None)
+
+    def entries(self, now: float | None = None) -> list[FleetEntry]:
+        """Every node, sorted by name then peer id, with its stale flag as of ``now``."""
+        now = self._clock() if now is None else now
+        out = [FleetEntry(s.status, s.last_seen, s.messages, now - s.last_seen > self.stale_after_s)
+               for s in self._nodes.values()]
+        out.sort(key=lambda e: (e.status.node, e.peer_id))
+        return out
+
+    def fresh_count(self, now: float | None = None) -> int:
+        return sum(1 for e in self.entries(now) if not e.stale)
+
+    def stats(self, now: float | None = None) -> FleetStats:
+        entries = self.entries(now)
+        return FleetStats(accepted=self._accepted, rejected=self.rejected,
+                          rejected_by_kind=dict(self._rejected), evicted=self._evicted,
+                          nodes=len(entries), stale=sum(1 for e in entries if e.stale))
+
+
+def entry_json(entry: FleetEntry, now: float) -> dict[str, Any]:
+    """A fleet entry for scripts: the status fields plus ``last_seen_s`` (age) and ``stale``."""
+    d = entry.status.model_dump(mode="json")
+    d["last_seen_s"] = round(entry.age(now), 2)
+    d["stale"] = entry.stale
+    return d
+
+
+# ---------------------------------------------------------------------------------------------
+# The publisher
+
+class _Publisher(Protocol):
+    async def subscribe(self, topic: str) -> None: ...
+
+    async def publish(self, topic: str, data: bytes) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFigures:
+    """What the service knows about this node right now (the variable part of the message)."""
+
+    state: str
+    peers: list[str]
+    streams_in: int = 0
+    streams_out: int = 0
+    frames_sent: int = 0
+    frames_received: int = 0
+    xruns: int = 0
+    drops: int = 0
+    cpu_load: float | None = None
+    process_cpu: float | None = None
+    temp_c: float | None = None
+    talk: bool = False
+    last_error: str | None = None
+
+
+@dataclass
+class Status:
+    """Publishes our status and keeps the fleet view. The service calls :meth:`handle_message`
+    for every message on the status topic and :meth:`poke` when something changed."""
+
+    config: StatusConfig
+    handle: _Publisher
+    node_name: str
+    peer_id: str
+    figures: Callable[[], LocalFigures]
+    on_error: Callable[[str], None] = lambda why: None
+    view: FleetView = field(init=False)
+    published: int = field(default=0, init=False)
+    publish_errors: int = field(default=0, init=False)
+    last_sent: StatusMessage | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.view = FleetView.from_config(self.config, local_peer_id=self.peer_id)
+        self._started = time.monotonic()
+        self._seq = 0
+        self._changed = trio.Event()
+        self._reconfigured = trio.Event()
+        self._last_key: tuple[Any, ...] | None = None
+
+    @property
+    def topic(self) -> str:
+        return self.config.topic
+
+    def poke(self) -> None:
+        """Something changed: publish soon (coalesced) if the message would differ."""
+        self._changed.set()
+
+    def reconfigure(self, cfg: StatusConfig) -> None:
+        """Apply a reloaded [status] table (the topic itself needs a restart: see the service)."""
+        self.config = cfg.model_copy(update={"topic": self.config.topic})
+        self.view.reconfigure(self.config)
+        self._reconfigured.set()
+
+    def handle_message(self, msg: Message) -> StatusMessage | None:
+        if msg.topic != self.config.topic:
+            return None
+        got = self.view.receive(msg.from_peer, msg.data)
+        if got is not None and self._last_key is not None and self.view.fresh_count() != self._last_key[-1]:
+            self.poke()  # the fleet size we report changed
+        return got
+
+    def build(self) -> StatusMessage:
+        f = self.figures()
+        err = f.last_error
+        if err is not None and len(err) > MAX_ERROR_CHARS:
+            err = err[: MAX_ERROR_CHARS - 3] + "..."
+        return StatusMessage(
+            node=self.node_name, peer_id=self.peer_id, version=__version__[:32], seq=self._seq,
+            uptime_s=round(time.monotonic() - self._started, 1), state=f.state,
+            peers=len(f.peers), connected_peers=sorted(f.peers)[:MAX_LISTED_PEERS],
+            fleet=self.view.fresh_count(), streams_in=f.streams_in, streams_out=f.streams_out,
+            frames_sent=f.frames_sent, frames_received=f.frames_received, xruns=f.xruns,
+            drops=f.drops, cpu_load=f.cpu_load, process_cpu=f.process_cpu, temp_c=f.temp_c,
+            talk=f.talk, status_rejected=self.view.rejected, last_error=err)
+
+    @staticmethod
+    def _change_key(m: StatusMessage) -> tuple[Any, ...]:
+        """The fields whose change is published at once (counters and load wait for the tick)."""
+        return (m.state, m.peers, m.streams_in, m.streams_out, m.last_error, m.talk, m.fleet)
+
+    async def publish_now(self) -> bool:
+        msg = self.build()
+        data = encode_status(msg)
+        try:
+            await self.handle.publish(self.config.topic, data)
+        except AviP2pError as exc:
+            self.publish_errors += 1
+            level = logging.WARNING if self.publish_errors in (1, 10) or self.publish_errors % 100 == 0 \
+                else logging.DEBUG
+            log.log(level, "status publish failed (%d so far): %s", self.publish_errors, exc)
+            self.on_error(f"status publish: {exc}")
+            return False
+        self._seq += 1
+        self.published += 1
+        self.last_sent = msg
+        self._last_key = self._change_key(msg)
+        return True
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Subscribe, then publish every ``interval_s`` and on change until cancelled."""
+        await self.handle.subscribe(self.config.topic)
+        task_status.started()
+        next_tick = trio.current_time()
+        while True:
+            with trio.move_on_at(next_tick):
+                await _first_of(self._changed, self._reconfigured)
+            if self._reconfigured.is_set():
+                self._reconfigured = trio.Event()
+                next_tick = min(next_tick, trio.current_time() + self.config.interval_s)
+            if trio.current_time() >= next_tick:
+                self._changed = trio.Event()
+                await self.publish_now()
+                next_tick = trio.current_time() + self.config.interval_s
+            elif self._changed.is_set():
+                self._changed = trio.Event()
+                if self._change_key(self.build()) != self._last_key:
+                    await self.publish_now()
+            await trio.sleep(MIN_PUBLISH_GAP_S)  # coalesce bursts of changes
+
+
+async def _first_of(*events: trio.Event) -> None:
+    async with trio.open_nursery() as n:
+        async def wait(ev: trio.Event) -> None:
+            await ev.wait()
+            n.cancel_scope.cancel()
+        for ev in events:
+            n.start_soon(wait, ev)
