@@ -33,7 +33,7 @@ import trio
 from agent.config import AgentConfig, ConfigError, EX_CONFIG, load_config
 from agent.health import ProcessCpu, load_average, soc_temperature
 from agent.logs import setup_logging
-from agent.mesh.errors import AviP2pError
+from agent.mesh.errors import AviP2pError, DialError
 from agent.mesh.errors import ConfigError as MeshConfigError
 from agent.mesh.events import (AudioData, AudioStreamAccepted, AudioStreamClosed, AudioStreamRequested,
                                Event, Message, PeerConnected, PeerDisconnected, PeerDiscovered, Started)
@@ -359,6 +359,12 @@ class Service:
 
     async def _with_mesh(self, node: Any, events: trio.MemoryReceiveChannel[Event]) -> None:
         handle = node.handle()
+        if not handle.listen_addresses():
+            # py-libp2p 0.8.1 logs a failed bind ("Address already in use") and starts anyway,
+            # listening nowhere; READY=1 promises that the mesh listens, so retry instead.
+            cfg = self.config.mesh
+            raise DialError(f"cannot listen on {cfg.listen_host}:{cfg.listen_port} "
+                            "(address in use or not available)")
         self.node, self.handle = node, handle
         self.peer_id = handle.local_peer_id
         self.listen_addresses = [a if "/p2p/" in a else f"{a}/p2p/{self.peer_id}"

@@ -1,0 +1,349 @@
+"""`avi-agent run` as a real process: sd_notify sequence, signals, reload, faults that do not kill.
+
+The agent runs with fake hardware (audio backend fake, gpio backend fake), mDNS and the DHT off,
+on 127.0.0.1. sd_notify datagrams arrive on an AF_UNIX socket the test binds as NOTIFY_SOCKET
+(with SO_PASSCRED, so the sender pid is checked as systemd's NotifyAccess=main would).
+
+`AgentProc` here is also used by test_status.py, test_monitor.py and test_cli.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import wave
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trio
+
+ROOT = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+LISTEN_RE = re.compile(r"mesh listening: (\S+)")
+
+BASE_TOML = """
+[node]
+name = "{name}"
+[mesh]
+listen_host = "127.0.0.1"
+enable_mdns = false
+enable_kad = false
+[audio]
+backend = "fake"
+[gpio]
+backend = "fake"
+[status]
+interval_s = {interval}
+stale_after_s = {stale}
+[logging]
+level = "{level}"
+journal = "never"
+"""
+
+
+def write_config(path: Path, name: str = "pi-a", *, interval: float = 1.0, stale: float = 3.0,
+                 level: str = "INFO", extra: str = "") -> Path:
+    path.write_text(BASE_TOML.format(name=name, interval=interval, stale=stale, level=level) + extra)
+    return path
+
+
+@dataclass(frozen=True)
+class Datagram:
+    data: str
+    pid: int
+    at: float  # time.monotonic() when the reader thread got it
+
+
+class NotifySocket:
+    """A bound AF_UNIX datagram socket collecting sd_notify messages on a thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.sock.settimeout(0.2)
+        self.got: list[Datagram] = []
+        self._cond = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop:
+            try:
+                data, anc, _f, _a = self.sock.recvmsg(65536, socket.CMSG_SPACE(12))
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError:
+                return
+            pid = -1
+            for level, ctype, payload in anc:
+                if level == socket.SOL_SOCKET and ctype == socket.SCM_CREDENTIALS:
+                    pid = struct.unpack("3i", payload[:12])[0]
+            with self._cond:
+                self.got.append(Datagram(data.decode(), pid, time.monotonic()))
+                self._cond.notify_all()
+
+    def wait_for(self, pred: Callable[[str], bool], timeout: float = 15.0, after: int = 0) -> tuple[int, Datagram]:
+        """The first datagram at index >= ``after`` matching ``pred``: (index, datagram)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for i in range(after, len(self.got)):
+                    if pred(self.got[i].data):
+                        return i, self.got[i]
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no matching sd_notify message in {timeout} s; got "
+                                         f"{[d.data for d in self.got[after:]][-20:]}")
+                self._cond.wait(left)
+
+    def texts(self) -> list[str]:
+        with self._cond:
+            return [d.data for d in self.got]
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(2)
+        self.sock.close()
+
+
+class AgentProc:
+    """``python -m agent <args>`` with stderr collected on a thread (for log lines)."""
+
+    def __init__(self, args: list[str], *, env: dict[str, str] | None = None,
+                 notify: NotifySocket | None = None, watchdog_usec: int | None = None,
+                 stdout: int | None = subprocess.DEVNULL) -> None:
+        full_env = {k: v for k, v in os.environ.items()
+                    if not k.startswith("AVI_") and k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC",
+                                                               "WATCHDOG_PID", "JOURNAL_STREAM")}
+        full_env["PYTHONUNBUFFERED"] = "1"
+        if notify is not None:
+            full_env["NOTIFY_SOCKET"] = notify.path
+        if watchdog_usec is not None:
+            full_env["WATCHDOG_USEC"] = str(watchdog_usec)
+        full_env.update(env or {})
+        self.started_at = time.monotonic()
+        self.proc = subprocess.Popen([PYTHON, "-m", "agent", *args], cwd=ROOT, env=full_env,
+                                     stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE,
+                                     text=True)
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        with self._cond:
+            return "\n".join(self.lines)
+
+    def wait_log(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for line in self.lines:
+                    m = rx.search(line)
+                    if m:
+                        return m
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._thread.is_alive()):
+                    raise AssertionError(f"no log line matching {pattern!r}; log:\n" + "\n".join(self.lines[-40:]))
+                self._cond.wait(min(left, 0.5))
+
+    def address(self, timeout: float = 20.0) -> str:
+        return self.wait_log(LISTEN_RE.pattern, timeout).group(1)
+
+    def signal_and_wait(self, sig: int, timeout: float = 10.0) -> tuple[int, float]:
+        """Send ``sig``; returns (exit status, seconds until exit)."""
+        t0 = time.monotonic()
+        self.proc.send_signal(sig)
+        rc = self.proc.wait(timeout)
+        return rc, time.monotonic() - t0
+
+    def wait(self, timeout: float = 20.0) -> int:
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self._thread.join(2)
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path):
+    ns = NotifySocket(tmp_path / "notify.sock")
+    try:
+        yield ns
+    finally:
+        ns.close()
+
+
+@pytest.fixture
+def procs():
+    """Processes a test starts; every one is killed at the end, whatever happened."""
+    started: list[AgentProc] = []
+    yield started
+    for p in started:
+        p.kill()
+
+
+# ---------------------------------------------------------------------------------------------
+
+def test_notify_sequence_and_sigterm(tmp_path: Path, notify_socket: NotifySocket, procs) -> None:
+    cfg = write_config(tmp_path / "agent.toml")
+    agent = AgentProc(["run", "--config", str(cfg)], notify=notify_socket, watchdog_usec=1_000_000)
+    procs.append(agent)
+
+    i_ready, ready = notify_socket.wait_for(lambda d: d == "READY=1", timeout=20)
+    # READY=1 only after the mesh listens and the devices are open.
+    log = agent.log()
+    assert "devices open" in log and "mesh listening: /ip4/127.0.0.1/tcp/" in log
+    # A readable STATUS= line once ready, and watchdog pings from the loop (every 0.5 s).
+    _, st = notify_socket.wait_for(lambda d: d.startswith("STATUS=pi-a ready"), after=i_ready)
+    assert "0 peers" in st.data and "streams 0 in/0 out" in st.data and "no errors" in st.data
+    i_wd, _ = notify_socket.wait_for(lambda d: d == "WATCHDOG=1", after=i_ready)
+    notify_socket.wait_for(lambda d: d == "WATCHDOG=1", after=i_wd + 1, timeout=5)
+    assert all(d.pid == agent.pid for d in notify_socket.got), "sd_notify must come from the main pid"
+    texts = notify_socket.texts()
+    assert texts.count("READY=1") == 1
+    assert not any(t.startswith("STATUS=") and "starting" in t for t in texts[i_ready + 1:])
+
+    rc, took = agent.signal_and_wait(signal.SIGTERM)
+    assert rc == 0, agent.log()
+    assert took < 5.0, f"SIGTERM to exit took {took:.1f} s"
+    i_stop, _ = notify_socket.wait_for(lambda d: d == "STOPPING=1", timeout=2)
+    assert i_stop > i_ready
+    assert "SIGTERM received: stopping" in agent.log() and "stopped (exit 0)" in agent.log()
+
+
+def test_sigint_exits_zero(tmp_path: Path, notify_socket: NotifySocket, procs) -> None:
+    agent = AgentProc(["run", "--config", str(write_config(tmp_path / "a.toml"))], notify=notify_socket)
+    procs.append(agent)
+    notify_socket.wait_for(lambda d: d == "READY=1", timeout=20)
+    rc, took = agent.signal_and_wait(signal.SIGINT)
+    assert (rc, took < 5.0) == (0, True), agent.log()
+    notify_socket.wait_for(lambda d: d == "STOPPING=1", timeout=2)
+    # No watchdog without WATCHDOG_USEC.
+    assert "WATCHDOG=1" not in notify_socket.texts()
+
+
+def test_sighup_applies_what_it_can_and_names_the_rest(tmp_path: Path, notify_socket: NotifySocket,
+                                                       procs) -> None:
+    cfg = write_config(tmp_path / "agent.toml")
+    agent = AgentProc(["run", "--config", str(cfg)], notify=notify_socket)
+    procs.append(agent)
+    i_ready, _ = notify_socket.wait_for(lambda d: d == "READY=1", timeout=20)
+
+    write_config(cfg, interval=2.0, stale=6.0, level="DEBUG",
+                 extra="")  # live: level, interval, stale
+    text = cfg.read_text().replace('listen_host = "127.0.0.1"', 'listen_host = "127.0.0.1"\nlisten_port = 4999')
+    cfg.write_text(text)
+    agent.proc.send_signal(signal.SIGHUP)
+    i_rel, _ = notify_socket.wait_for(lambda d: d.startswith("RELOADING=1\nMONOTONIC_USEC="), after=i_ready)
+    i_ready2, _ = notify_socket.wait_for(lambda d: d == "READY=1", after=i_rel)
+    applied = agent.wait_log(r"reload: applied (.*)").group(1)
+    assert set(applied.split(", ")) == {"logging.level", "status.interval_s", "status.stale_after_s"}
+    agent.wait_log(r"reload: mesh\.listen_port changed but cannot be applied while running; "
+                   r"restart the service")
+    notify_socket.wait_for(lambda d: d.startswith("STATUS=") and "restart needed for mesh.listen_port" in d,
+                           after=i_ready2)
+    agent.wait_log(r"DEBUG")  # the new level took effect
+
+    # A broken file on reload: every problem logged, the old config keeps running.
+    cfg.write_text(cfg.read_text() + "\n[bogus]\nx = 1\n")
+    agent.proc.send_signal(signal.SIGHUP)
+    agent.wait_log(r"reload: .*bogus: unknown key")
+    notify_socket.wait_for(lambda d: d.startswith("STATUS=") and "ERROR config: reload failed" in d,
+                           after=i_ready2)
+    assert agent.proc.poll() is None
+    rc, took = agent.signal_and_wait(signal.SIGTERM)
+    assert (rc, took < 5.0) == (0, True), agent.log()
+
+
+def _write_wav(path: Path, seconds: float = 0.5) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(bytes(int(16000 * seconds) * 2))
+
+
+def test_device_fault_is_shown_retried_and_recovers(tmp_path: Path, notify_socket: NotifySocket,
+                                                    procs) -> None:
+    """A capture device that cannot open: logged, in STATUS=, no READY=1, retried; once the
+    device appears the agent opens it and becomes ready. Never an exit."""
+    wav = tmp_path / "mic.wav"
+    cfg = write_config(tmp_path / "agent.toml", extra="")
+    cfg.write_text(cfg.read_text().replace(
+        '[audio]\nbackend = "fake"',
+        f'[audio]\nbackend = "fake"\nreopen_interval_s = 0.3\n[audio.fake_source]\nkind = "wav"\npath = "{wav}"'))
+    agent = AgentProc(["run", "--config", str(cfg)], notify=notify_socket)
+    procs.append(agent)
+    notify_socket.wait_for(lambda d: d.startswith("STATUS=") and "ERROR devices: cannot open" in d
+                           and "mic.wav" in d, timeout=20)
+    agent.wait_log(r"ERROR service: fault: devices: cannot open")
+    time.sleep(1.0)
+    assert agent.proc.poll() is None
+    assert "READY=1" not in notify_socket.texts()
+    _write_wav(wav)
+    i_ready, _ = notify_socket.wait_for(lambda d: d == "READY=1", timeout=20)
+    agent.wait_log(r"recovered: devices")
+    notify_socket.wait_for(lambda d: d.startswith("STATUS=pi-a ready") and "no errors" in d, after=i_ready)
+    rc, took = agent.signal_and_wait(signal.SIGTERM)
+    assert (rc, took < 5.0) == (0, True), agent.log()
+
+
+async def test_network_fault_shows_on_led_and_the_mesh_is_retried(tmp_path: Path) -> None:
+    """In-process: the mesh cannot listen (port taken) -> fault, LED error pattern, retries;
+    the port frees -> the mesh starts, READY, LED back to idle."""
+    from agent.config import load_config
+    from agent.sdnotify import Notifier
+    from agent.service import Service
+
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    port = blocker.getsockname()[1]
+    cfg = load_config(write_config(tmp_path / "a.toml", extra=""), env={"AVI_MESH__LISTEN_PORT": str(port)})
+    service = Service(cfg, None, notifier=Notifier(env={}), env={})
+    async with trio.open_nursery() as n:
+        n.start_soon(service.run)
+        with trio.fail_after(20):
+            while "mesh" not in service.faults.active or service.devices is None \
+                    or service.devices.led.pattern.name != "error":
+                await trio.sleep(0.05)
+        assert "cannot listen on 127.0.0.1:%d" % port in service.faults.active["mesh"]
+        assert "ERROR mesh: cannot listen" in service.status_line()
+        assert not service.ready_sent
+        blocker.close()
+        with trio.fail_after(30):
+            while not service.ready_sent or service.faults.active:
+                await trio.sleep(0.05)
+        with trio.fail_after(5):
+            while service.devices.led.pattern.name != "idle":
+                await trio.sleep(0.05)
+        assert service.listen_addresses[0].startswith(f"/ip4/127.0.0.1/tcp/{port}/p2p/")
+        assert service.faults.last_error is not None and "cannot listen" in service.faults.last_error
+        service.stop()
