@@ -17,7 +17,8 @@ JSON object per line and nothing else:
 
 stdin takes one JSON command per line: `{"cmd": "subscribe", "topic": "t"}`,
 `publish` (topic, data: text), `dial` (addr), `request_audio_stream` (peer),
-`send_frames` (stream_id, seconds, size=640, tone_hz=0: 16 kHz s16le sine when set),
+`send_frames` (stream_id, seconds, size=640, first=0: index of the first frame,
+tone_hz=0: 16 kHz s16le sine when set),
 `close_audio_stream` (stream_id), `connected_peers`, `discover_peers`, `stats`, `quit`.
 EOF on stdin also stops the node. Every command is bounded by the node's own timeouts.
 """
@@ -150,7 +151,8 @@ class MeshNodeProcess:
                     reply["stream_id"] = await h.request_audio_stream(cmd["peer"])
                 case "send_frames":
                     nursery.start_soon(self.send_frames, int(cmd["stream_id"]), float(cmd["seconds"]),
-                                       int(cmd.get("size", 640)), float(cmd.get("tone_hz", 0)))
+                                       int(cmd.get("size", 640)), float(cmd.get("tone_hz", 0)),
+                                       int(cmd.get("first", 0)))
                 case "close_audio_stream":
                     await h.close_audio_stream(int(cmd["stream_id"]))
                 case "connected_peers":
@@ -165,13 +167,13 @@ class MeshNodeProcess:
             reply.update(ok=False, error=f"{type(exc).__name__}: {exc}")
         await self.emit(reply)
 
-    async def send_frames(self, sid: int, seconds: float, size: int, tone_hz: float) -> None:
+    async def send_frames(self, sid: int, seconds: float, size: int, tone_hz: float, first: int) -> None:
         """Queue one frame every 20 ms for `seconds` (capture time = now); stops at the first error."""
         count = max(1, round(seconds / FRAME_S))
         start = trio.current_time()
         sent, error = 0, None
-        for i in range(count):
-            await trio.sleep_until(start + i * FRAME_S)
+        for i in range(first, first + count):
+            await trio.sleep_until(start + (i - first) * FRAME_S)
             data = tone_frame(i, size, tone_hz) if tone_hz else i.to_bytes(4, "big") * (size // 4)
             try:
                 await self.h.send_audio(sid, data, timestamp_us=now_us())
