@@ -1,0 +1,205 @@
+"""agent.status: the v1 status message, the fleet view, and a real agent ignoring bad messages."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.config import StatusConfig
+from agent.status import (MAX_LISTED_PEERS, FleetView, LocalFigures, Status, StatusMessage, StatusRejected,
+                          decode_status, encode_status)
+from tests.agent.test_service import AgentProc, write_config
+
+PEER_A = "12D3KooWAarzhoLWpQDaDBzTEWRCN5u6NWPD34WvsXtm2TgzxFLP"
+PEER_B = "12D3KooWSrvvFwwmqqc41LZY1RrEkoWwkoFoH2znHRdHaxQGee3b"
+
+
+def msg(peer: str = PEER_A, node: str = "pi-a", seq: int = 0, **kw) -> StatusMessage:
+    return StatusMessage(node=node, peer_id=peer, version="0.1.0", seq=seq, uptime_s=1.5, state="ok",
+                         peers=1, **kw)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_round_trip_and_version_field() -> None:
+    m = msg(temp_c=48.2, last_error="audio: gone", connected_peers=[PEER_B])
+    data = encode_status(m)
+    assert json.loads(data)["v"] == 1
+    assert decode_status(data, PEER_A, 4096) == m
+
+
+@pytest.mark.parametrize("data,kind", [
+    (b"\xff\xfe not json", "malformed"),
+    (b"[1, 2]", "malformed"),
+    (b'{"v": 2, "node": "x"}', "version"),
+    (b'{"node": "x"}', "version"),
+    (json.dumps({**json.loads(encode_status(msg())), "peers": -1}).encode(), "malformed"),
+    (json.dumps({**json.loads(encode_status(msg())), "peers": "3"}).encode(), "malformed"),
+    (json.dumps({**json.loads(encode_status(msg())), "node": ""}).encode(), "malformed"),
+    (encode_status(msg()).replace(b'"uptime_s":1.5', b'"uptime_s":NaN'), "malformed"),
+    (encode_status(msg(peer=PEER_B)), "spoofed"),
+    (b'{"v": 1, "pad": "' + b"x" * 5000 + b'"}', "oversized"),
+])
+def test_bad_messages_are_rejected_by_kind(data: bytes, kind: str) -> None:
+    with pytest.raises(StatusRejected) as info:
+        decode_status(data, PEER_A, 4096)
+    assert info.value.kind == kind
+
+
+def test_unknown_fields_within_v1_are_ignored() -> None:
+    raw = {**json.loads(encode_status(msg())), "battery_pct": 80}
+    assert decode_status(json.dumps(raw).encode(), PEER_A, 4096) == msg()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600) | st.builds(lambda d: json.dumps(d).encode(),
+                                            st.dictionaries(st.text(max_size=8),
+                                                            st.integers() | st.text(max_size=8) | st.none(),
+                                                            max_size=6)))
+def test_fleet_view_never_raises_on_garbage(data: bytes) -> None:
+    view = FleetView()
+    assert view.receive(PEER_A, data) is None
+    assert view.stats().rejected == 1 and view.entries() == []
+
+
+def test_fleet_view_last_seen_stale_and_bound() -> None:
+    clock = Clock()
+    view = FleetView(stale_after_s=10, max_nodes=2, local_peer_id="12D3KooWself", clock=clock)
+    assert view.receive(PEER_A, encode_status(msg(PEER_A, "pi-a"))) is not None
+    clock.t += 4
+    assert view.receive(PEER_B, encode_status(msg(PEER_B, "pi-b"))) is not None
+    clock.t += 7  # A heard 11 s ago, B 7 s ago
+    a, b = view.entries()
+    assert (a.status.node, a.stale, round(a.age(clock.t))) == ("pi-a", True, 11)
+    assert (b.status.node, b.stale) == ("pi-b", False)
+    assert view.fresh_count() == 1
+    # A speaks again: fresh, latest message kept.
+    view.receive(PEER_A, encode_status(msg(PEER_A, "pi-a", seq=5)))
+    assert [(e.status.seq, e.stale, e.messages) for e in view.entries()] == [(5, False, 2), (0, False, 1)]
+    # Bounded: a third node evicts the one quiet the longest (B).
+    third = "12D3KooWFSBjazv5bKq3f69QRSa1WVdmEuBJPVVb81M7NUoeSHjX"
+    clock.t += 1
+    view.receive(third, encode_status(msg(third, "pi-c")))
+    assert sorted(e.status.node for e in view.entries()) == ["pi-a", "pi-c"]
+    assert view.stats().evicted == 1
+    # Our own messages never enter the view.
+    assert view.receive("12D3KooWself", encode_status(msg("12D3KooWself", "me"))) is None
+    assert len(view.entries()) == 2
+
+
+class FakeHandle:
+    """Records publications (the publisher is tested against the real mesh in the process tests)."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, bytes]] = []
+        self.subscribed: list[str] = []
+
+    async def subscribe(self, topic: str) -> None:
+        self.subscribed.append(topic)
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        self.published.append((topic, data))
+
+
+async def test_publisher_interval_change_and_coalescing(autojump_clock) -> None:
+    """On trio's autojump clock, so the timing below is exact and the test is instant."""
+    h = FakeHandle()
+    peers: list[str] = []
+    status = Status(StatusConfig(interval_s=10.0, stale_after_s=30.0), h, "pi-a", PEER_A,
+                    lambda: LocalFigures(state="ok", peers=list(peers)))
+    async with trio.open_nursery() as n:
+        await n.start(status.run)
+        assert h.subscribed == ["avi/status"]
+        await trio.sleep(0.1)
+        assert len(h.published) == 1  # at once on start
+        # A change is published well before the next tick; a burst of pokes coalesces.
+        peers.append(PEER_B)
+        for _ in range(20):
+            status.poke()
+        await trio.sleep(1.0)
+        assert len(h.published) == 2
+        m = StatusMessage.model_validate_json(h.published[-1][1])
+        assert (m.peers, m.connected_peers, m.seq) == (1, [PEER_B], 1)
+        # A poke without a visible change does not publish.
+        status.poke()
+        await trio.sleep(1.0)
+        assert len(h.published) == 2
+        # The interval tick publishes anyway (10 s after the last tick).
+        await trio.sleep(8.5)
+        assert len(h.published) == 3
+        # A reload to a shorter interval takes effect without waiting out the old one.
+        status.reconfigure(StatusConfig(interval_s=1.0, stale_after_s=3.0))
+        await trio.sleep(5.05)
+        assert 6 <= len(h.published) <= 8
+        n.cancel_scope.cancel()
+    for topic, data in h.published:
+        assert topic == "avi/status" and len(data) < 4096
+        body = json.loads(data)
+        assert not any("key" in k or "priv" in k for k in body)
+
+
+def test_message_stays_small_with_many_peers() -> None:
+    s = Status(StatusConfig(), FakeHandle(), "n" * 64, PEER_A,
+               lambda: LocalFigures(state="degraded", peers=[PEER_B + str(i) for i in range(100)],
+                                    last_error="x" * 1000))
+    m = s.build()
+    assert m.peers == 100 and len(m.connected_peers) == MAX_LISTED_PEERS
+    assert len(encode_status(m)) < StatusConfig().max_message_bytes
+    assert m.last_error is not None and len(m.last_error) == 300
+
+
+async def test_agent_counts_and_ignores_malformed_status(tmp_path: Path) -> None:
+    """A real agent process; the test is a mesh node that sends it bad status messages."""
+    from agent.mesh import AviP2p, AviP2pConfig, Message
+
+    agent = AgentProc(["run", "--config", str(write_config(tmp_path / "a.toml", interval=1.0, stale=3.0))])
+    try:
+        addr = await trio.to_thread.run_sync(agent.address)
+        cfg = AviP2pConfig(listen_host="127.0.0.1", enable_mdns=False, enable_kad=False)
+        async with AviP2p.start(cfg) as (node, events):
+            h = node.handle()
+            me = h.local_peer_id
+            await h.subscribe("avi/status")
+            await h.dial(addr)
+            agent_peer = addr.rsplit("/p2p/", 1)[1]
+
+            async def next_status(pred, timeout: float = 20.0) -> StatusMessage:
+                with trio.fail_after(timeout):
+                    async for ev in events:
+                        if isinstance(ev, Message) and ev.topic == "avi/status" and ev.from_peer == agent_peer:
+                            m = decode_status(ev.data, ev.from_peer, 4096)
+                            if pred(m):
+                                return m
+                raise AssertionError("event channel closed")
+
+            await next_status(lambda m: m.peers >= 1)
+            bad = [b"not json at all", b'{"v": 99}', json.dumps({"v": 1, "node": "x"}).encode(),
+                   encode_status(msg(PEER_B, "impostor")), b'{"v":1,"pad":"' + b"y" * 6000 + b'"}']
+            for data in bad:
+                await h.publish("avi/status", data)
+            good = msg(me, "tester", seq=1)
+            await h.publish("avi/status", encode_status(good))
+            m = await next_status(lambda m: m.status_rejected >= len(bad) and m.fleet >= 1)
+            assert m.status_rejected == len(bad)
+            assert m.state == "ok" and m.node == "pi-a"
+            assert agent.proc.poll() is None
+        log = agent.log()
+        for kind in ("malformed", "version", "spoofed", "oversized"):
+            assert f"dropped status message from {me}: {kind}" in log
+        assert "fleet: first status from tester" in log
+        rc, _ = agent.signal_and_wait(signal.SIGTERM)
+        assert rc == 0
+    finally:
+        agent.kill()
