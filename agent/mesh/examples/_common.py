@@ -55,8 +55,8 @@ def setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if not verbose:
-        # py-libp2p's DHT warns once per query about things that are normal on a small mesh.
-        logging.getLogger("libp2p").setLevel(logging.ERROR)
+        # py-libp2p logs every failed dial attempt and DHT query; the examples report what matters.
+        logging.getLogger("libp2p").setLevel(logging.CRITICAL)
 
 
 def out(line: str) -> None:
