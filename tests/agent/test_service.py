@@ -347,3 +347,114 @@ async def test_network_fault_shows_on_led_and_the_mesh_is_retried(tmp_path: Path
         assert service.listen_addresses[0].startswith(f"/ip4/127.0.0.1/tcp/{port}/p2p/")
         assert service.faults.last_error is not None and "cannot listen" in service.faults.last_error
         service.stop()
+
+
+# --- the talk hook ------------------------------------------------------------------------------
+
+class RecordingTalk:
+    """A minimal push-to-talk for the hook contract: accepts incoming streams and counts frames.
+    (The real one is agent.talk.Talk; this checks what the service hands it and forwards.)"""
+
+    instances: list["RecordingTalk"] = []
+
+    def __init__(self, config, handle, source, sink, button, led) -> None:
+        self.args = (config, handle, source, sink, button, led)
+        self.handle = handle
+        self.events: list[object] = []
+        self.received = 0
+        self.fail_on_data = False
+        RecordingTalk.instances.append(self)
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await trio.sleep_forever()
+
+    async def handle_event(self, event) -> None:
+        from agent.mesh import AudioData, AudioStreamRequested
+
+        self.events.append(event)
+        if isinstance(event, AudioStreamRequested):
+            await self.handle.accept_audio_stream(event.stream_id)
+        elif isinstance(event, AudioData):
+            if self.fail_on_data:
+                raise RuntimeError("decoder exploded")
+            self.received += 1
+
+    def stats(self):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(streams_in=1 if self.received else 0, streams_out=0, frames_sent=0,
+                               frames_received=self.received, frames_dropped=0)
+
+
+async def _service_and_peer(tmp_path: Path, nursery: trio.Nursery):
+    from agent.config import load_config
+    from agent.sdnotify import Notifier
+    from agent.service import Service
+
+    cfg = load_config(write_config(tmp_path / "a.toml"), env={})
+    service = Service(cfg, None, notifier=Notifier(env={}), env={})
+    nursery.start_soon(service.run)
+    with trio.fail_after(20):
+        while not service.ready_sent:
+            await trio.sleep(0.05)
+    return service
+
+
+async def test_talk_hook_gets_devices_and_audio_events(tmp_path: Path, monkeypatch) -> None:
+    import types
+
+    from agent.mesh import AudioData, AudioStreamAccepted, AudioStreamRequested, PeerConnected
+    from hw.audio.base import AudioSink, AudioSource
+    from hw.gpio.base import Button, Led
+    from tests.mesh.meshutil import nodes
+
+    RecordingTalk.instances.clear()
+    monkeypatch.setitem(sys.modules, "agent.talk", types.SimpleNamespace(Talk=RecordingTalk))
+    async with trio.open_nursery() as n:
+        service = await _service_and_peer(tmp_path, n)
+        [talk] = RecordingTalk.instances
+        config, handle, source, sink, button, led = talk.args
+        assert config is service.config and handle.local_peer_id == service.peer_id
+        assert isinstance(source, AudioSource) and isinstance(sink, AudioSink)
+        assert isinstance(button, Button) and isinstance(led, Led)
+        async with nodes(1) as (peer,):
+            await peer.h.dial(service.listen_addresses[0])
+            sid = await peer.h.request_audio_stream(service.peer_id)
+            await peer.wait_for(lambda e: isinstance(e, AudioStreamAccepted))
+            for i in range(5):
+                await peer.h.send_audio(sid, bytes([i]) * 40)
+            with trio.fail_after(10):
+                while talk.received < 5:
+                    await trio.sleep(0.05)
+            kinds = {type(e) for e in talk.events}
+            assert {PeerConnected, AudioStreamRequested, AudioData} <= kinds
+            m = service.status.build()
+            assert m.talk and m.frames_received == 5 and m.streams_in == 1
+            assert "talk on" in service.status_line()
+            # A talk failure is a fault, not the end of the service.
+            talk.fail_on_data = True
+            await peer.h.send_audio(sid, b"x" * 40)
+            with trio.fail_after(10):
+                while "talk" not in service.faults.active:
+                    await trio.sleep(0.05)
+            assert "decoder exploded" in service.faults.active["talk"]
+            assert service.status.build().state == "degraded"
+        service.stop()
+
+
+async def test_without_talk_incoming_streams_are_refused(tmp_path: Path, monkeypatch) -> None:
+    from agent.mesh import AudioStreamClosed
+    from tests.mesh.meshutil import nodes
+
+    monkeypatch.setitem(sys.modules, "agent.talk", None)  # import fails: "no talk"
+    async with trio.open_nursery() as n:
+        service = await _service_and_peer(tmp_path, n)
+        assert service.talk is None and service.talk_class is None
+        async with nodes(1) as (peer,):
+            await peer.h.dial(service.listen_addresses[0])
+            await peer.h.request_audio_stream(service.peer_id)
+            [closed] = await peer.wait_for(lambda e: isinstance(e, AudioStreamClosed))
+            assert "push-to-talk is not running" in closed.reason
+        assert not service.faults.active
+        service.stop()
