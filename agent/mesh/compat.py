@@ -11,7 +11,10 @@ that fixes one makes its test fail, and the workaround can then be deleted.
 3. GossipSub defaults (`gossip_router`): a 120 s heartbeat and spam protection at 10 msgs/s per
    peer and topic, which loses bursts. We set both from the node's config.
 4. Listener left open after `host.run()` exits (`close_host`): the swarm closes it inside a
-   cancelled scope; `host.close()` as the last step inside the run block releases it.
+   cancelled scope; `host.close()` as the last step inside the run block releases it. Also a
+   socket left open when a connection's close was cut short by a cancellation (two connected
+   nodes stopping one after the other): the SwarmConn is marked closed, so `host.close()` skips
+   it, and its socket waits for the garbage collector. We close those sockets ourselves.
 5. Per-peer outbound queue of 32 RPCs that drops the rest (`_RoomyQueues`): a burst of 100
    published at once loses two thirds before it leaves. We give each peer's queue
    `OUTBOUND_QUEUE` slots (still bounded).
@@ -173,8 +176,16 @@ async def read_some(stream: INetStream, max_bytes: int) -> bytes:
 
 
 async def close_host(host: IHost) -> None:
-    """Release listeners and system tasks; call as the last statement inside `host.run()`."""
+    """Release listeners, system tasks and sockets; call as the last statement inside `host.run()`."""
+    conns = [c for cs in list(getattr(host.get_network(), "connections", {}).values()) for c in cs]
     await host.close()
+    for conn in conns:
+        muxed = getattr(conn, "muxed_conn", None)
+        if muxed is not None and not muxed.is_closed:
+            try:
+                await muxed.secured_conn.close()
+            except Exception as exc:  # already broken: nothing more to release
+                log.debug("closing a half-closed connection: %s", exc)
 
 
 def listen_multiaddr(host: str, port: int) -> multiaddr.Multiaddr:
