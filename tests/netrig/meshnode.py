@@ -3,7 +3,8 @@
     ip netns exec <ns> python -m tests.netrig.meshnode '{"listen_host": "10.77.0.1", ...}'
 
 argv[1] is a JSON object: `AviP2pConfig` fields, plus `auto_accept` (default true: accept
-every incoming audio stream) and `subscribe` (topics to join at start). stdout carries one
+every incoming audio stream), `subscribe` (topics to join at start) and `log_level` (of the
+`agent.mesh` logger, to stderr; default INFO). stdout carries one
 JSON object per line and nothing else:
 
 - every node event: `{"t": <monotonic s>, "event": "PeerConnected", "peer_id": ..., ...}`;
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import struct
 import sys
@@ -37,7 +39,7 @@ import trio
 
 from agent.mesh import AudioData, AudioStreamRequested, AviP2p, AviP2pConfig, AviP2pError, Event
 
-EXTRA_KEYS = ("auto_accept", "subscribe")
+EXTRA_KEYS = ("auto_accept", "subscribe", "log_level")
 FRAME_S = 0.020
 OUT_BUFFER = 1024  # lines waiting for stdout; the event pump waits when it is full
 
@@ -188,6 +190,8 @@ def main(argv: list[str]) -> int:
     raw = json.loads(argv[1]) if len(argv) > 1 else {}
     extras = {k: raw.pop(k) for k in EXTRA_KEYS if k in raw}
     config = AviP2pConfig(**raw)
+    logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("agent.mesh").setLevel(str(extras.get("log_level", "INFO")).upper())
     proc = MeshNodeProcess(config, bool(extras.get("auto_accept", True)), list(extras.get("subscribe", [])))
     trio.run(proc.main)
     return 0
