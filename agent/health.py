@@ -63,14 +63,20 @@ def rss_bytes(pid: int | str = "self") -> int | None:
 
 
 class ProcessCpu:
-    """CPU use of this process since the previous call, as a fraction of one core."""
+    """CPU use of this process as a fraction of one core, over windows of at least
+    ``min_window_s`` (a call sooner than that returns the previous window's figure, so callers
+    that ask often do not get noisy millisecond windows)."""
 
-    def __init__(self) -> None:
+    def __init__(self, min_window_s: float = 1.0) -> None:
+        self.min_window_s = min_window_s
         self._last_cpu = time.process_time()
         self._last_wall = time.monotonic()
+        self._value = 0.0
 
     def sample(self) -> float:
         cpu, wall = time.process_time(), time.monotonic()
         d_cpu, d_wall = cpu - self._last_cpu, wall - self._last_wall
-        self._last_cpu, self._last_wall = cpu, wall
-        return round(d_cpu / d_wall, 3) if d_wall > 0 else 0.0
+        if d_wall >= self.min_window_s:
+            self._last_cpu, self._last_wall = cpu, wall
+            self._value = round(d_cpu / d_wall, 3)
+        return self._value

@@ -203,3 +203,31 @@ async def test_agent_counts_and_ignores_malformed_status(tmp_path: Path) -> None
         assert rc == 0
     finally:
         agent.kill()
+
+
+def test_health_figures(tmp_path: Path) -> None:
+    import time
+
+    from agent.health import ProcessCpu, load_average, rss_bytes, soc_temperature
+
+    zone = tmp_path / "thermal_zone3"
+    zone.mkdir()
+    (zone / "type").write_text("cpu-thermal\n")
+    (zone / "temp").write_text("48312\n")
+    other = tmp_path / "thermal_zone0"
+    other.mkdir()
+    (other / "type").write_text("acpitz\n")
+    (other / "temp").write_text("27800\n")
+    assert soc_temperature(tmp_path) == 48.3  # the SoC zone, not the first
+    (zone / "type").write_text("gpu\n")
+    assert soc_temperature(tmp_path) == 27.8  # no SoC zone: thermal_zone0
+    assert soc_temperature(tmp_path / "none") is None
+    assert (rss_bytes() or 0) > 10 * 2**20
+    assert load_average() is not None and load_average() >= 0
+    cpu = ProcessCpu(min_window_s=0.2)
+    end = time.monotonic() + 0.3
+    while time.monotonic() < end:  # busy: close to one core
+        pass
+    busy = cpu.sample()
+    assert busy > 0.1  # generous: a shared, noisy machine
+    assert cpu.sample() == busy  # too soon for a new window
