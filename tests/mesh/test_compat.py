@@ -1,0 +1,336 @@
+"""Each py-libp2p 0.8 defect that `agent.mesh.compat` works around, shown against the unpatched
+library (plus a check that the workaround covers it).
+
+When an upgrade fixes a defect, its `test_defect_*` fails: delete the workaround and the test.
+Small library-level reproductions: bare hosts on 127.0.0.1, no AviP2p node unless the test is
+about what the node does with the defect.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import multiaddr
+import pytest
+import trio
+from libp2p import new_host
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.network.config import ConnectionConfig
+from libp2p.network.stream.exceptions import StreamEOF
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.pubsub.gossipsub import PROTOCOL_ID as GOSSIPSUB_PROTOCOL_ID
+from libp2p.pubsub.gossipsub import GossipSub
+from libp2p.pubsub.pb import rpc_pb2
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.pubsub.rpc_queue import RpcQueue
+from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
+
+from agent.mesh import compat
+from tests.mesh.meshutil import nodes
+
+LISTEN = multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")
+
+
+def port_of(host) -> int:  # type: ignore[no-untyped-def]
+    return int(str(host.get_addrs()[0]).split("/tcp/")[1].split("/")[0])
+
+
+def port_accepts(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(2.0)
+        try:
+            s.connect(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+@asynccontextmanager
+async def running(*hosts):  # type: ignore[no-untyped-def]
+    """Run bare hosts on 127.0.0.1 and close them properly (workaround 4) on the way out."""
+    async with AsyncExitStack() as stack:
+        for host in hosts:
+            await stack.enter_async_context(host.run(listen_addrs=[LISTEN]))
+            stack.push_async_callback(compat.close_host, host)
+        yield
+
+
+def info(host) -> PeerInfo:  # type: ignore[no-untyped-def]
+    return PeerInfo(host.get_id(), host.get_addrs())
+
+
+def default_router() -> GossipSub:
+    """GossipSub with nothing but its required arguments: every other setting is py-libp2p's."""
+    return GossipSub([GOSSIPSUB_PROTOCOL_ID], degree=6, degree_low=4, degree_high=12)
+
+
+def plaintext_only_host():  # type: ignore[no-untyped-def]
+    kp = create_new_key_pair()
+    return new_host(key_pair=kp, sec_opt={PLAINTEXT_PROTOCOL_ID: InsecureTransport(kp)})
+
+
+def secure(**kw):  # type: ignore[no-untyped-def]
+    return compat.secure_host(create_new_key_pair(), enable_mdns=False, max_connections=kw.get("max_connections", 8))
+
+
+# --- 1. insecure default security ------------------------------------------------------------
+
+
+async def test_defect_default_host_accepts_a_plaintext_only_dialer():
+    listener = new_host(key_pair=create_new_key_pair())
+    dialer = plaintext_only_host()
+    async with running(listener, dialer):
+        await dialer.connect(info(listener))
+        [conn] = listener.get_network().get_connections(dialer.get_id())
+        # The session under the muxer is the "identity" (no-op) security transport.
+        assert type(conn.muxed_conn.secured_conn).__name__ == "InsecureSession"
+
+
+async def test_workaround_node_refuses_a_plaintext_only_dialer_and_stays_up():
+    dialer = plaintext_only_host()
+    async with nodes(2) as (a, b), running(dialer):
+        with pytest.raises(Exception) as refused:
+            with trio.fail_after(15):
+                await dialer.connect(info_from_p2p_addr(multiaddr.Multiaddr(a.addr)))
+        assert not isinstance(refused.value, trio.TooSlowError)
+        assert not dialer.get_network().get_connections()
+        assert a.h.connected_peers() == []
+        # The node is still up: a Noise peer connects and a message goes through.
+        await b.h.dial(a.addr)
+        assert a.h.connected_peers() == [b.peer_id]
+
+
+# --- 2. subscription channel of 32 that drops silently ---------------------------------------
+
+
+def message(i: int, topic: str = "t") -> rpc_pb2.Message:
+    return rpc_pb2.Message(from_id=b"x", data=b"%d" % i, seqno=i.to_bytes(8, "big"), topicIDs=[topic])
+
+
+async def test_defect_plain_pubsub_subscription_drops_a_burst_beyond_32():
+    pubsub = Pubsub(new_host(key_pair=create_new_key_pair()), default_router())
+    try:
+        sub = await pubsub.subscribe("t")
+        for i in range(200):
+            pubsub.notify_subscriptions(message(i))  # what the router does per message
+        got = []
+        for _ in range(200):
+            try:
+                got.append(sub.receive_channel.receive_nowait())
+            except trio.WouldBlock:
+                break
+        assert len(got) == 32, len(got)
+    finally:
+        pubsub.seen_messages.stop()
+
+
+async def test_workaround_delivering_pubsub_hands_over_the_whole_burst():
+    got: list[rpc_pb2.Message] = []
+    pubsub = compat.DeliveringPubsub(new_host(key_pair=create_new_key_pair()),
+                                     default_router(), got.append, 4096)
+    try:
+        await pubsub.subscribe("t")
+        for i in range(200):
+            pubsub.notify_subscriptions(message(i))
+        pubsub.notify_subscriptions(message(999, topic="not-ours"))
+        assert [m.data for m in got] == [b"%d" % i for i in range(200)]
+    finally:
+        pubsub.release()
+
+
+# --- 3. GossipSub defaults -------------------------------------------------------------------
+
+
+def admitted(router: GossipSub, n: int) -> int:
+    pid = ID.from_pubkey(create_new_key_pair().public_key)
+    return sum(router._check_spam_protection(pid, message(i)) for i in range(n))
+
+
+def test_defect_gossipsub_defaults_heartbeat_120s_and_spam_limit_10_per_second():
+    router = default_router()
+    assert router.heartbeat_interval == 120
+    assert router.max_messages_per_topic_per_second == 10
+    assert admitted(router, 100) == 10  # a burst of 100 from one peer on one topic: 90 dropped
+
+
+def test_workaround_gossip_router_admits_the_promised_rate():
+    router = compat.gossip_router(heartbeat=1.0, rate_limit=200, all_on_loopback=True)
+    assert router.heartbeat_interval == 1.0
+    assert admitted(router, 100) == 100
+
+
+# --- 4. listener (and sockets) left open ------------------------------------------------------
+
+
+async def test_defect_listener_stays_open_after_run_exits_without_close():
+    host = new_host(key_pair=create_new_key_pair())
+    async with host.run(listen_addrs=[LISTEN]):
+        port = port_of(host)
+        assert port_accepts(port)
+    try:
+        assert port_accepts(port), "py-libp2p now closes its listener when run() exits"
+    finally:
+        await host.close()  # tidy up this test's leak
+    assert not port_accepts(port)
+
+
+async def test_workaround_close_host_inside_run_releases_the_listener():
+    host = new_host(key_pair=create_new_key_pair())
+    async with host.run(listen_addrs=[LISTEN]):
+        port = port_of(host)
+        await compat.close_host(host)
+    assert not port_accepts(port)
+
+
+def socket_fd(conn) -> int:  # type: ignore[no-untyped-def]
+    obj = conn.muxed_conn.secured_conn
+    for _ in range(10):
+        for attr in ("conn", "read_writer", "raw_conn", "stream", "socket"):
+            if hasattr(obj, attr):
+                obj = getattr(obj, attr)
+                break
+        else:
+            break
+    return obj.fileno()
+
+
+@pytest.mark.parametrize("closer", ["host.close", "compat.close_host"])
+async def test_cancelled_connection_close_leaves_its_socket_open(closer):
+    a, b = secure(), secure()
+    async with b.run(listen_addrs=[LISTEN]):
+        async with a.run(listen_addrs=[LISTEN]):
+            await a.connect(info(b))
+            [conn] = a.get_network().get_connections(b.get_id())
+            assert socket_fd(conn) >= 0
+            with trio.CancelScope() as cs:
+                cs.cancel()
+                await conn.close()  # cut short, as when the node's tasks are cancelled at shutdown
+            if closer == "host.close":
+                await a.close()
+                try:  # the defect: the SwarmConn counts as closed, so host.close() skips it
+                    assert socket_fd(conn) >= 0, "py-libp2p now closes a half-closed connection"
+                finally:
+                    await conn.muxed_conn.secured_conn.close()
+            else:
+                await compat.close_host(a)
+            assert socket_fd(conn) == -1
+        await compat.close_host(b)
+
+
+# --- 5. outbound RpcQueue of 32 ---------------------------------------------------------------
+
+
+def test_defect_rpc_queue_refuses_beyond_32():
+    queue = RpcQueue()
+    assert sum(queue.push(rpc_pb2.RPC()) for _ in range(100)) == 32
+
+
+def test_workaround_roomy_queues_enlarge_each_peer_queue():
+    queues = compat._RoomyQueues()
+    queues["peer"] = RpcQueue()
+    assert sum(queues["peer"].push(rpc_pb2.RPC()) for _ in range(100)) == 100
+    big = RpcQueue(max_size=compat.OUTBOUND_QUEUE * 2)
+    queues["big"] = big
+    assert big._queue.max_size == compat.OUTBOUND_QUEUE * 2  # never shrinks one
+
+
+# --- 6. auto-connector cannot be turned off ---------------------------------------------------
+
+
+@pytest.mark.parametrize("patched", [False, True])
+async def test_auto_connector_dials_peerstore_peers(patched):
+    config = ConnectionConfig(max_connections=8, min_connections=0, low_watermark=0, high_watermark=8)
+    kp = create_new_key_pair()
+    a = (compat.secure_host(kp, enable_mdns=False, max_connections=8) if patched
+         else new_host(key_pair=kp, connection_config=config))
+    b = new_host(key_pair=create_new_key_pair())
+    async with running(b, a):
+        a.get_peerstore().add_addrs(b.get_id(), b.get_addrs(), 3600)  # a peer we once knew (or refused)
+        await a.get_network().auto_connector.maybe_connect()
+        with trio.move_on_after(2):
+            while not a.get_network().get_connections(b.get_id()):
+                await trio.sleep(0.05)
+        dialled = bool(a.get_network().get_connections(b.get_id()))
+        assert dialled is not patched
+
+
+# --- 7. seen-messages sweeper thread never stopped --------------------------------------------
+
+
+def test_defect_each_pubsub_starts_a_thread_nobody_stops():
+    before = threading.active_count()
+    plain = Pubsub(new_host(key_pair=create_new_key_pair()), default_router())
+    ours = compat.DeliveringPubsub(new_host(key_pair=create_new_key_pair()),
+                                   default_router(), lambda m: None, 4096)
+    try:
+        assert threading.active_count() == before + 2
+        ours.release()
+        for _ in range(100):  # bounded wait for the thread to end
+            if threading.active_count() == before + 1:
+                break
+            threading.Event().wait(0.02)
+        assert threading.active_count() == before + 1  # only the plain one is left
+    finally:
+        plain.seen_messages.stop()
+
+
+# --- 9. StreamEOF instead of b"" ---------------------------------------------------------------
+
+
+async def test_defect_stream_read_raises_stream_eof_and_read_some_returns_empty():
+    a, b = secure(), secure()
+
+    async def write_once_and_close(stream) -> None:  # type: ignore[no-untyped-def]
+        await stream.write(b"hello")
+        await stream.close()
+
+    b.set_stream_handler("/test/eof/1.0.0", write_once_and_close)
+    async with running(a, b):
+        await a.connect(info(b))
+        stream = await a.new_stream(b.get_id(), ["/test/eof/1.0.0"])
+        with trio.fail_after(5):
+            assert await stream.read(100) == b"hello"
+            with pytest.raises(StreamEOF):
+                await stream.read(100)
+        stream2 = await a.new_stream(b.get_id(), ["/test/eof/1.0.0"])
+        with trio.fail_after(5):
+            assert await compat.read_some(stream2, 100) == b"hello"
+            assert await compat.read_some(stream2, 100) == b""
+
+
+# --- 8. a task kept per inbound connection ----------------------------------------------------
+
+
+def count_tasks() -> int:
+    todo = [trio.lowlevel.current_root_task()]
+    n = 0
+    while todo:
+        task = todo.pop()
+        n += 1
+        for nursery in task.child_nurseries:
+            todo.extend(nursery.child_tasks)
+    return n
+
+
+@pytest.mark.parametrize("patched", [False, True])
+async def test_inbound_connections_leave_a_task_each(patched):
+    listener = secure() if patched else new_host(key_pair=create_new_key_pair())
+    async with running(listener):
+        await trio.sleep(0.2)
+        baseline = count_tasks()
+        for _ in range(5):  # five peers come and go
+            dialer = new_host(key_pair=create_new_key_pair())
+            async with running(dialer):
+                await dialer.connect(info(listener))
+        with trio.move_on_after(2 * compat.REAP_INTERVAL + 2 if patched else 1.0):
+            while count_tasks() > baseline:
+                await trio.sleep(0.1)
+        left = count_tasks() - baseline
+        print(f"\n[{'patched' if patched else 'unpatched'}] tasks left after 5 connections came and went: {left}")
+        if patched:
+            assert left <= 0
+        else:
+            assert left >= 5, "py-libp2p now ends its inbound handler with the connection"
