@@ -103,6 +103,8 @@ class Container:
                 self.nspawn.wait(timeout=10)
         for m in reversed(self.mounted):
             subprocess.run(["umount", "-l", str(m)], capture_output=True)
+        if not os.path.ismount(self.base):
+            shutil.rmtree(self.base, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
