@@ -12,6 +12,7 @@ import argparse
 import gc
 import os
 import sys
+import tempfile
 import threading
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -72,15 +73,18 @@ def sample() -> Sample:
                   threading.active_count())
 
 
-def cfg() -> AviP2pConfig:
-    return AviP2pConfig(listen_host="127.0.0.1", enable_mdns=False, enable_kad=False)
+def cfg(**kw) -> AviP2pConfig:  # type: ignore[no-untyped-def]
+    return AviP2pConfig(listen_host="127.0.0.1", enable_mdns=False, enable_kad=False, **kw)
 
 
 async def run_soak(duration: float, warmup: float = 5.0, churn_every: float = 8.0,
-                   progress: bool = False) -> SoakResult:
+                   progress: bool = False, new_identities: bool = False) -> SoakResult:
+    """`new_identities`: the churning peer comes back as a new peer each time (default: it
+    restarts with its identity file, as a real node does)."""
     counts = dict(frames_sent=0, frames_received=0, messages_sent=0, messages_received=0,
                   rejoins=0, streams_opened=0)
     async with AsyncExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory())
         nursery = await stack.enter_async_context(trio.open_nursery())
         a, a_ev = await stack.enter_async_context(AviP2p.start(cfg()))
         b, b_ev = await stack.enter_async_context(AviP2p.start(cfg()))
@@ -148,7 +152,8 @@ async def run_soak(duration: float, warmup: float = 5.0, churn_every: float = 8.
             nonlocal c_away
             while True:
                 c_away = trio.Event()
-                async with AviP2p.start(cfg()) as (c, c_ev):
+                identity = None if new_identities else Path(tmp) / "c.key"
+                async with AviP2p.start(cfg(identity_path=identity)) as (c, c_ev):
                     hc = c.handle()
                     await hc.dial(ha.listen_addresses()[0])
                     await hc.subscribe("soak/status")
@@ -207,9 +212,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--minutes", type=float, default=None)
     ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--new-identities", action="store_true",
+                    help="the churning peer comes back with a new peer id each time")
     args = ap.parse_args()
     duration = args.minutes * 60 if args.minutes is not None else args.seconds
-    result = trio.run(run_soak, duration, 10.0, 8.0, True)
+    result = trio.run(run_soak, duration, 10.0, 8.0, True, args.new_identities)
     print_table(result)
 
 

@@ -42,6 +42,7 @@ log = logging.getLogger("agent.mesh")
 # waiting, so this is where a flood beyond the promised rate is cut (and counted).
 INBOX_FACTOR = 4
 MAX_KNOWN_PEERS_FACTOR = 4
+PEERSTORE_CLEANUP_S = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +224,8 @@ class AviP2p:
             nursery.start_soon(self._pump_network)
             nursery.start_soon(self._pump_found)
             nursery.start_soon(self._maintain_connections)
+            # py-libp2p only evicts expired peer records when someone runs this task.
+            nursery.start_soon(self._host.get_peerstore().start_cleanup_task, PEERSTORE_CLEANUP_S)
             with trio.fail_after(self.config.request_timeout):
                 await self._pubsub.wait_until_ready()
             self._listen_addrs = tuple(str(a) for a in self._host.get_addrs())
