@@ -55,9 +55,9 @@ class Container:
             start_new_session=True)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            kids = subprocess.run(["pgrep", "-P", str(self.nspawn.pid)], capture_output=True, text=True).stdout.split()
-            if kids and Path(f"/proc/{kids[0]}/comm").read_text().strip() == "systemd":
-                self.pid1 = int(kids[0])
+            if self.pid1 is None:
+                self.pid1 = self._find_pid1()
+            if self.pid1 is not None:
                 state = self.sh("systemctl is-system-running", check=False).stdout.strip()
                 if state in ("running", "degraded"):
                     return
@@ -65,6 +65,21 @@ class Container:
                 raise RuntimeError(f"systemd-nspawn exited {self.nspawn.returncode}")
             time.sleep(0.3)
         raise RuntimeError("the container's systemd did not finish booting in 60 s")
+
+    def _find_pid1(self) -> int | None:
+        """The container's systemd: a descendant of nspawn (transient children come and go)."""
+        assert self.nspawn is not None
+        todo = [self.nspawn.pid]
+        while todo:
+            kids = subprocess.run(["pgrep", "-P", str(todo.pop())], capture_output=True, text=True).stdout.split()
+            for k in kids:
+                try:
+                    if Path(f"/proc/{k}/comm").read_text().strip() == "systemd":
+                        return int(k)
+                except OSError:
+                    continue
+                todo.append(k)
+        return None
 
     def sh(self, cmd: str, *, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
         assert self.pid1 is not None
@@ -87,6 +102,8 @@ class Container:
         raise AssertionError(f"timed out waiting for {what}\n{log}")
 
     def stop(self) -> None:
+        if self.pid1 is None and self.nspawn is not None and self.nspawn.poll() is None:
+            self.pid1 = self._find_pid1()
         if self.pid1 is not None and Path(f"/proc/{self.pid1}").exists():
             subprocess.run(["nsenter", "-t", str(self.pid1), "-a", "systemctl", "poweroff"],
                            capture_output=True, timeout=30)
