@@ -217,9 +217,11 @@ def test_notify_sequence_and_sigterm(tmp_path: Path, notify_socket: NotifySocket
     procs.append(agent)
 
     i_ready, ready = notify_socket.wait_for(lambda d: d == "READY=1", timeout=20)
-    # READY=1 only after the mesh listens and the devices are open.
-    log = agent.log()
-    assert "devices open" in log and "mesh listening: /ip4/127.0.0.1/tcp/" in log
+    # READY=1 only after the mesh listens and the devices are open (both logged before READY;
+    # stderr is read by a thread, so wait for the lines rather than race it).
+    agent.wait_log(r"devices open: audio fake, gpio fake", timeout=5)
+    agent.wait_log(r"mesh listening: /ip4/127\.0\.0\.1/tcp/\d+/p2p/", timeout=5)
+    agent.wait_log(r"ready: mesh listening, devices open", timeout=5)
     # A readable STATUS= line once ready, and watchdog pings from the loop (every 0.5 s).
     _, st = notify_socket.wait_for(lambda d: d.startswith("STATUS=pi-a ready"), after=i_ready)
     assert "0 peers" in st.data and "streams 0 in/0 out" in st.data and "no errors" in st.data
@@ -235,7 +237,8 @@ def test_notify_sequence_and_sigterm(tmp_path: Path, notify_socket: NotifySocket
     assert took < 5.0, f"SIGTERM to exit took {took:.1f} s"
     i_stop, _ = notify_socket.wait_for(lambda d: d == "STOPPING=1", timeout=2)
     assert i_stop > i_ready
-    assert "SIGTERM received: stopping" in agent.log() and "stopped (exit 0)" in agent.log()
+    agent.wait_log(r"SIGTERM received: stopping", timeout=5)
+    agent.wait_log(r"stopped \(exit 0\)", timeout=5)
 
 
 def test_sigint_exits_zero(tmp_path: Path, notify_socket: NotifySocket, procs) -> None:
