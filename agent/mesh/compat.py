@@ -30,12 +30,16 @@ that fixes one makes its test fail, and the workaround can then be deleted.
    whole swarm, so every connection ever accepted leaves a task behind (a peer reconnecting,
    or anyone opening connections in a loop, grows the node without bound). We end the
    handler once its socket is closed.
-9. `stream.read()` raises `StreamEOF` (not `b""`) when the other side closes (`read_some`).
+9. No liveness on idle connections (`enable_tcp_liveness`): a peer that is cut off stays
+   "connected" until TCP gives up by itself (minutes when idle). We turn on TCP keepalive
+   and TCP_USER_TIMEOUT on each connection's socket, so the kernel notices within seconds.
+10. `stream.read()` raises `StreamEOF` (not `b""`) when the other side closes (`read_some`).
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable, Sequence
 
 import multiaddr
@@ -186,6 +190,56 @@ async def close_host(host: IHost) -> None:
                 await muxed.secured_conn.close()
             except Exception as exc:  # already broken: nothing more to release
                 log.debug("closing a half-closed connection: %s", exc)
+
+
+# A dead peer is noticed after IDLE + INTERVAL * COUNT seconds with no traffic, or USER_TIMEOUT
+# after data stops being acknowledged.
+TCP_KEEPIDLE_S = 2
+TCP_KEEPINTVL_S = 1
+TCP_KEEPCNT = 3
+TCP_USER_TIMEOUT_MS = 5000
+
+
+def _find_socket(conn: object) -> socket.socket | None:
+    """The TCP socket under a swarm connection (SwarmConn -> Yamux -> Noise -> raw -> trio)."""
+    obj: object | None = conn
+    for attr in ("muxed_conn", "secured_conn", "conn", "conn", "stream", "stream"):
+        obj = getattr(obj, attr, None)
+        if obj is None:
+            return None
+        if isinstance(obj, trio.SocketStream):
+            return obj.socket  # type: ignore[return-value]
+    return None
+
+
+def enable_tcp_liveness(conn: object) -> bool:
+    """Set keepalive and user-timeout options on a connection's socket; False if not TCP."""
+    sock = _find_socket(conn)
+    if sock is None or sock.fileno() == -1:
+        return False
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, TCP_KEEPIDLE_S)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, TCP_KEEPINTVL_S)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, TCP_KEEPCNT)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, TCP_USER_TIMEOUT_MS)
+    except OSError as exc:
+        log.debug("cannot set TCP liveness options: %s", exc)
+        return False
+    return True
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise OSError if another process holds host:port. py-libp2p listens with SO_REUSEPORT
+    (for hole punching), so a second node on the same port would silently share it and take
+    half of the first one's connections; a plain bind finds the holder."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # SO_REUSEADDR: connections of a previous run in TIME_WAIT do not count, a listener does.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
 
 
 def listen_multiaddr(host: str, port: int) -> multiaddr.Multiaddr:

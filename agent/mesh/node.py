@@ -25,8 +25,8 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from . import audio_protocol as ap
 from .audio_session import AudioSession, Direction, StreamStats
-from .compat import (DeliveringPubsub, all_loopback, close_host, gossip_router, listen_multiaddr,
-                     read_some, secure_host)
+from .compat import (DeliveringPubsub, all_loopback, check_port_free, close_host, enable_tcp_liveness,
+                     gossip_router, listen_multiaddr, read_some, secure_host)
 from .config import AviP2pConfig
 from .errors import (AviP2pError, DialError, LimitError, NotAllowedError, NotRunningError,
                      ProtocolError, PubSubError, TimeoutError, UnknownPeerError, UnknownStreamError)
@@ -43,6 +43,10 @@ log = logging.getLogger("agent.mesh")
 INBOX_FACTOR = 4
 MAX_KNOWN_PEERS_FACTOR = 4
 PEERSTORE_CLEANUP_S = 60
+# While a known peer is missing it is redialled at least this often (a failed dial is cheap),
+# so a node rejoins within seconds of the network coming back.
+REDIAL_MAX_S = 2.0
+DIAL_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +116,11 @@ class AviP2p:
     def __init__(self, config: AviP2pConfig, key_pair: KeyPair) -> None:
         self.config = config
         self._key_pair = key_pair
+        # zeroconf starts browsing as soon as the host exists and reports each service once:
+        # be ready to take its reports before the host is even created.
+        self._trio_token: trio.lowlevel.TrioToken | None = trio.lowlevel.current_trio_token()
+        self._found_send, self._found_recv = trio.open_memory_channel[PeerInfo](config.max_peers * 4 + 16)
+        peerDiscovery.register_peer_discovered_handler(self._on_mdns_peer)
         self._host: IHost = secure_host(key_pair, enable_mdns=config.enable_mdns,
                                         max_connections=config.max_peers * 3 + 8)
         self.local_peer_id = PeerId(self._host.get_id().to_base58())
@@ -125,7 +134,6 @@ class AviP2p:
             config.event_buffer * INBOX_FACTOR)
         self._net_send, self._net_recv = trio.open_memory_channel[tuple[str, INetConn]](
             config.max_peers * 8 + 64)
-        self._found_send, self._found_recv = trio.open_memory_channel[PeerInfo](config.max_peers * 4 + 16)
         self._events = EventQueue(config.event_buffer, self._count_audio_drop)
         self._events_send, self.events = trio.open_memory_channel[Event](0)
         self._commands = trio.CapacityLimiter(config.command_buffer)
@@ -140,7 +148,6 @@ class AviP2p:
         self._stop_requested = trio.Event()
         self._stopped = trio.Event()
         self._discover_now = trio.Event()
-        self._trio_token: trio.lowlevel.TrioToken | None = None
         self._listen_addrs: tuple[str, ...] = ()
         # counters
         self._bytes_in = 0
@@ -160,14 +167,29 @@ class AviP2p:
         """Start a node; yields `(node, events)`. Leaving the block shuts the node down."""
         config = config or AviP2pConfig()
         key_pair = load_or_create_identity(config.identity_path)
+        try:
+            check_port_free(config.listen_host, config.listen_port)
+        except OSError as exc:
+            raise DialError(f"cannot listen on {config.listen_host}:{config.listen_port}: "
+                            f"{exc.strerror or exc}") from None
         node = cls(config, key_pair)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(node._run)
-            try:
-                yield node, node.events
-            finally:
-                with trio.CancelScope(shield=True):
-                    await node.shutdown()
+        try:
+            async with trio.open_nursery() as nursery:
+                try:
+                    await nursery.start(node._run)
+                finally:
+                    if not node._stopped.is_set() and not node._running:
+                        peerDiscovery.unregister_peer_discovered_handler(node._on_mdns_peer)
+                try:
+                    yield node, node.events
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await node.shutdown()
+        except BaseExceptionGroup as group:
+            # One mesh error (e.g. failing to start) reaches the caller as itself, not in a group.
+            if len(group.exceptions) == 1 and isinstance(group.exceptions[0], AviP2pError):
+                raise group.exceptions[0] from None
+            raise
 
     def handle(self) -> AviP2pHandle:
         return AviP2pHandle(self)
@@ -187,10 +209,8 @@ class AviP2p:
 
     async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
-        self._trio_token = trio.lowlevel.current_trio_token()
         self._host.get_network().register_notifee(_NetworkEvents(self._net_send))
         self._host.set_stream_handler(PROTOCOL_ID, self._on_incoming_stream)
-        peerDiscovery.register_peer_discovered_handler(self._on_mdns_peer)
         try:
             try:
                 async with self._host.run([listen_multiaddr(cfg.listen_host, cfg.listen_port)]):
@@ -229,6 +249,9 @@ class AviP2p:
             with trio.fail_after(self.config.request_timeout):
                 await self._pubsub.wait_until_ready()
             self._listen_addrs = tuple(str(a) for a in self._host.get_addrs())
+            if not self._listen_addrs:
+                raise DialError(f"not listening on {self.config.listen_host}:{self.config.listen_port} "
+                                "(py-libp2p could not open the listener; see the log above)")
             self._running = True
             await self._events.put(Started(self.local_peer_id, self._listen_addrs))
             log.info("node %s listening on %s", self.local_peer_id, ", ".join(self._listen_addrs))
@@ -316,6 +339,7 @@ class AviP2p:
                         except Exception as exc:
                             log.debug("closing refused connection: %s", exc)
                     continue
+                enable_tcp_liveness(conn)
                 if peer not in self._peers:
                     address = _conn_address(conn)
                     self._peers[peer] = address
@@ -328,6 +352,7 @@ class AviP2p:
                     del self._peers[peer]
                     for session in [s for s in self._sessions.values() if s.peer_id == peer]:
                         self._nursery_soon(session.close, "peer-gone: disconnected")
+                    self._discover_now.set()  # start redialling now, with a short backoff
                     await self._emit(PeerDisconnected(peer))
 
     def _nursery_soon(self, fn, *args) -> None:  # type: ignore[no-untyped-def]
@@ -360,8 +385,8 @@ class AviP2p:
     def _on_mdns_peer(self, info: PeerInfo) -> None:
         """Called by zeroconf on its own thread: hand over to trio without waiting."""
         token = self._trio_token
-        if token is None or not self._running:
-            return
+        if token is None:
+            return  # found before our loop runs: zeroconf reports it again on the next query
         try:
             token.run_sync_soon(self._found_nowait, info)
         except trio.RunFinishedError:
@@ -395,7 +420,7 @@ class AviP2p:
             return
         self._dialing.add(peer)
         try:
-            with trio.move_on_after(self.config.request_timeout):
+            with trio.move_on_after(min(self.config.request_timeout, DIAL_TIMEOUT_S)):
                 await self._host.connect(info)
         except Exception as exc:
             log.debug("dial %s failed: %s", peer, exc)
@@ -425,7 +450,10 @@ class AviP2p:
                 self._discover_now = trio.Event()
                 delay = 0.5
             else:
-                delay = min(delay * 2, self.config.discovery_interval)
+                missing = any(p not in self._peers for p in self._known)
+                cap = min(REDIAL_MAX_S, self.config.discovery_interval) if missing \
+                    else self.config.discovery_interval
+                delay = min(delay * 2, cap)
 
     async def _dht_round(self) -> None:
         """Ask the DHT for peers near our own id; report and dial the ones we do not have."""
@@ -634,12 +662,12 @@ class AviP2pHandle:
                 await node._host.connect(info)
             except Exception as exc:
                 raise DialError(f"dial {address} failed: {exc}") from exc
-            node._remember(peer, info)
             # Wait until the connection is ours (it may be refused for max_peers).
             while peer not in node._peers:
                 if not node._host.get_network().get_connections(info.peer_id):
                     raise DialError(f"{peer} closed the connection (limit or allow list)")
                 await trio.sleep(0.01)
+            node._remember(peer, info)  # only now: a peer that refuses us is not redialled
             return peer
         return await self._call("dial", go)
 
