@@ -652,8 +652,10 @@ def main() -> None:
     args = p.parse_args()
     import logging
 
+    import libp2p  # noqa: F401  (importing it resets its logger, so quieten it afterwards)
+
     logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("libp2p").setLevel(logging.CRITICAL)
+    logging.getLogger("libp2p").setLevel(logging.CRITICAL)  # failed redials while nodes stop
     if args.child == "tcp-rx":
         trio.run(child_tcp_rx, args.streams)
     elif args.child == "mesh-rx":

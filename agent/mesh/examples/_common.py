@@ -54,9 +54,13 @@ def _config_error(exc: Exception) -> int:
 def setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if not verbose:
-        # py-libp2p logs every failed dial attempt and DHT query; the examples report what matters.
-        logging.getLogger("libp2p").setLevel(logging.CRITICAL)
+    # Importing py-libp2p resets its "libp2p" logger (level WARNING, no handler, no propagation,
+    # so Python's last-resort handler prints each failed dial attempt): set it up afterwards.
+    import libp2p  # noqa: F401  (the node needs it anyway)
+
+    lib = logging.getLogger("libp2p")
+    lib.propagate = True
+    lib.setLevel(logging.WARNING if verbose else logging.CRITICAL)
 
 
 def out(line: str) -> None:
