@@ -240,12 +240,6 @@ class AviP2p:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._pump_events)
-            nursery.start_soon(self._pump_messages)
-            nursery.start_soon(self._pump_network)
-            nursery.start_soon(self._pump_found)
-            nursery.start_soon(self._maintain_connections)
-            # py-libp2p only evicts expired peer records when someone runs this task.
-            nursery.start_soon(self._host.get_peerstore().start_cleanup_task, PEERSTORE_CLEANUP_S)
             with trio.fail_after(self.config.request_timeout):
                 await self._pubsub.wait_until_ready()
             self._listen_addrs = tuple(str(a) for a in self._host.get_addrs())
@@ -253,7 +247,14 @@ class AviP2p:
                 raise DialError(f"not listening on {self.config.listen_host}:{self.config.listen_port} "
                                 "(py-libp2p could not open the listener; see the log above)")
             self._running = True
+            # `Started` is always the first event: what arrived meanwhile waits in the channels.
             await self._events.put(Started(self.local_peer_id, self._listen_addrs))
+            nursery.start_soon(self._pump_messages)
+            nursery.start_soon(self._pump_network)
+            nursery.start_soon(self._pump_found)
+            nursery.start_soon(self._maintain_connections)
+            # py-libp2p only evicts expired peer records when someone runs this task.
+            nursery.start_soon(self._host.get_peerstore().start_cleanup_task, PEERSTORE_CLEANUP_S)
             log.info("node %s listening on %s", self.local_peer_id, ", ".join(self._listen_addrs))
             task_status.started()
             await self._stop_requested.wait()
