@@ -33,7 +33,11 @@ that fixes one makes its test fail, and the workaround can then be deleted.
 9. No liveness on idle connections (`enable_tcp_liveness`): a peer that is cut off stays
    "connected" until TCP gives up by itself (minutes when idle). We turn on TCP keepalive
    and TCP_USER_TIMEOUT on each connection's socket, so the kernel notices within seconds.
-10. `stream.read()` raises `StreamEOF` (not `b""`) when the other side closes (`read_some`).
+10. A failed dial blocks the peer for 60 s (`forget_failed_dials`): the swarm's negative
+    peer cache refuses every dial to a peer whose last dial failed, so a node that comes back
+    after a restart cannot be reached for a minute. Our dials are already paced by the node's
+    own redial loop, so the cache is cleared before each one.
+11. `stream.read()` raises `StreamEOF` (not `b""`) when the other side closes (`read_some`).
 """
 
 from __future__ import annotations
@@ -227,6 +231,12 @@ def enable_tcp_liveness(conn: object) -> bool:
         log.debug("cannot set TCP liveness options: %s", exc)
         return False
     return True
+
+
+def forget_failed_dials(host: IHost, peer_id: object) -> None:
+    unblock = getattr(host.get_network(), "unblock_peer", None)
+    if unblock is not None:
+        unblock(peer_id)
 
 
 def check_port_free(host: str, port: int) -> None:

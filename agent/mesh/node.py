@@ -26,6 +26,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from . import audio_protocol as ap
 from .audio_session import AudioSession, Direction, StreamStats
 from .compat import (DeliveringPubsub, all_loopback, check_port_free, close_host, enable_tcp_liveness,
+                     forget_failed_dials,
                      gossip_router, listen_multiaddr, read_some, secure_host)
 from .config import AviP2pConfig
 from .errors import (AviP2pError, DialError, LimitError, NotAllowedError, NotRunningError,
@@ -157,7 +158,6 @@ class AviP2p:
         self._messages_dropped = 0
         self._audio_dropped = 0
         self._refused = 0
-        self._closed_stream_stats: dict[StreamId, int] = {}
 
     # --- lifecycle --------------------------------------------------------------------------
     @classmethod
@@ -230,11 +230,17 @@ class AviP2p:
 
     async def _run_services(self, task_status: trio.TaskStatus[None]) -> None:
         async with background_trio_service(self._pubsub), background_trio_service(self._router):
-            if self._dht is not None:
-                async with background_trio_service(self._dht):
+            try:
+                if self._dht is not None:
+                    async with background_trio_service(self._dht):
+                        await self._run_tasks(task_status)
+                else:
                     await self._run_tasks(task_status)
-            else:
-                await self._run_tasks(task_status)
+            finally:
+                # Close connections while pub/sub still runs: its stream readers live in the
+                # swarm's tasks and fail (taking the swarm down) once its service has stopped.
+                with trio.CancelScope(shield=True), trio.move_on_after(5.0):
+                    await close_host(self._host)
 
     async def _run_tasks(self, task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as nursery:
@@ -271,14 +277,14 @@ class AviP2p:
         await self._events.put(event)
 
     def _queue_audio(self, event: AudioData) -> None:
-        self._bytes_in += len(event.data)
         self._events.put_audio(event)
 
     def _count_audio_drop(self, event: AudioData) -> None:
-        self._audio_dropped += 1
         session = self._sessions.get(event.stream_id)
         if session is not None:
             session.frames_dropped += 1
+        else:
+            self._audio_dropped += 1  # its stream is gone: keep the count at node level
 
     async def _pump_events(self) -> None:
         while True:
@@ -422,6 +428,7 @@ class AviP2p:
         self._dialing.add(peer)
         try:
             with trio.move_on_after(min(self.config.request_timeout, DIAL_TIMEOUT_S)):
+                forget_failed_dials(self._host, info.peer_id)
                 await self._host.connect(info)
         except Exception as exc:
             log.debug("dial %s failed: %s", peer, exc)
@@ -486,8 +493,10 @@ class AviP2p:
     async def _run_session(self, session: AudioSession) -> None:
         reason = await session.run()
         self._sessions.pop(session.stream_id, None)
+        # Closed streams' counters live on in the node's totals.
         self._bytes_in += session.bytes_in
         self._bytes_out += session.bytes_out
+        self._audio_dropped += session.frames_dropped
         log.info("audio stream %x with %s closed: %s", session.stream_id, session.peer_id, reason,
                  extra={"peer": session.peer_id, "stream": f"{session.stream_id:x}"})
         await self._emit(AudioStreamClosed(session.peer_id, session.stream_id, reason))
@@ -660,6 +669,7 @@ class AviP2pHandle:
 
         async def go() -> PeerId:
             try:
+                forget_failed_dials(node._host, info.peer_id)
                 await node._host.connect(info)
             except Exception as exc:
                 raise DialError(f"dial {address} failed: {exc}") from exc
