@@ -1,0 +1,605 @@
+"""`Talk`: push-to-talk on one node. The thin trio layer around the pure parts.
+
+Tasks (one nursery, all started by `run`):
+
+- **capture**: reads the source all the time (a microphone that is not read overruns), and
+  while the button is held encodes each frame once and queues it on every outgoing stream
+  with its capture timestamp (`send_audio` never waits for the network).
+- **button**: pressed opens a stream to every connected peer of the current talk group (at
+  most ``talk.max_streams``); released closes them. A stuck button stops after ``max_talk_s``.
+- **playout**: every frame period pops each incoming stream's jitter buffer, decodes or
+  conceals, mixes, and hands the frame to a bounded drop-oldest queue. It runs when nobody
+  talks too (silence), so the sound card plays continuously and never underruns at the
+  start and end of every talk.
+- **sink**: takes frames from that queue and writes them to the sink; the mouth-to-ear
+  latency of each frame is measured here (sink hand-off time minus capture timestamp).
+- **announce**: publishes this node's talk groups (see `groups.py`).
+- **housekeeping**: answers stream requests from peers whose groups are not known yet.
+
+`handle_event` only updates state and starts tasks; it never waits on audio or the network.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import trio
+
+from agent.config import AgentConfig, TalkConfig
+from agent.mesh import (AudioData, AudioStreamAccepted, AudioStreamClosed, AudioStreamRequested,
+                        AviP2pError, Event, Message, PeerConnected, PeerDisconnected, PeerId, StreamId,
+                        UnknownStreamError)
+from hw.audio.base import AudioFormat, monotonic_us
+
+from .codec import PCM_S16LE, Codec, CodecError, make_codec
+from .groups import TOPIC, GroupDirectory, admission, encode_announcement, parse_announcement
+from .jitter import Frame, Gap, JitterBuffer
+from .latency import LatencyWindow
+from .mixer import Mixer
+from .outqueue import DropOldestQueue
+
+__all__ = ["Talk", "TalkStats"]
+
+log = logging.getLogger("agent.talk")
+
+OUTPUT_QUEUE_FRAMES = 5      # playout -> sink; beyond this the oldest frame is dropped
+PENDING_GRACE_S = 3.0        # how long a request from a peer of unknown group may wait
+MAX_PENDING = 16
+ANNOUNCE_FAST_S = 1.0        # announcement interval for a while after a peer connects
+ANNOUNCE_SLOW_S = 5.0
+ANNOUNCE_FAST_WINDOW_S = 6.0
+ANNOUNCE_MIN_GAP_S = 0.2     # GossipSub penalises more than 10 messages/s per topic
+HOUSEKEEPING_S = 0.25
+CLOSE_TIMEOUT_S = 2.0
+PLAYOUT_RESYNC_FRAMES = 4    # a playout clock this far behind restarts instead of bursting
+
+
+@dataclass(frozen=True, slots=True)
+class TalkStats:
+    """A snapshot of the push-to-talk counters (frames are 20 ms by default).
+
+    ``frames_sent``: frames handed to the mesh, counted per stream. ``frames_received``: frames
+    that arrived on accepted incoming streams. ``frames_dropped``: jitter-buffer overflow and
+    catch-up skips, playback-queue drops, undecodable frames and frames on unknown streams.
+    ``frames_late``: arrived after their playout slot (dropped). ``frames_concealed``: gaps filled.
+    ``latency_*_ms``: mouth-to-ear (capture timestamp to sink hand-off) over recent frames.
+    """
+
+    transmitting: bool
+    group: str
+    streams_in: int
+    streams_out: int
+    frames_sent: int
+    frames_received: int
+    frames_played: int
+    frames_dropped: int
+    frames_late: int
+    frames_duplicate: int
+    frames_concealed: int
+    streams_rejected: int
+    streams_failed: int
+    latency_p50_ms: float | None
+    latency_p99_ms: float | None
+    latency_samples: int
+
+
+@dataclass(eq=False)
+class _Out:
+    peer: PeerId
+    generation: int
+    stream_id: StreamId | None = None
+    accepted: bool = False
+
+
+@dataclass(eq=False)
+class _In:
+    peer: PeerId
+    stream_id: StreamId
+    jitter: JitterBuffer
+    decoder: Codec
+    codec_id: int
+    accepted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Playout:
+    pcm: bytes
+    timestamps: tuple[int, ...] = field(default=())
+
+
+@dataclass
+class _Totals:
+    """Counters of incoming streams that have ended (live streams are summed on demand)."""
+
+    played: int = 0
+    late: int = 0
+    duplicates: int = 0
+    concealed: int = 0
+    overflow: int = 0
+    skipped: int = 0
+
+
+class Talk:
+    """Push-to-talk for one node: ``await nursery.start(talk.run)``, then feed it every mesh
+    event with ``await talk.handle_event(event)``; ``talk.stats()`` for figures."""
+
+    def __init__(self, config: AgentConfig, handle: Any, source: Any, sink: Any, button: Any,
+                 led: Any, *, clock: Callable[[], int] = monotonic_us) -> None:
+        self.config = config
+        self.handle = handle  # agent.mesh.AviP2pHandle (Any: the mesh loads py-libp2p lazily)
+        self.source = source
+        self.sink = sink
+        self.button = button
+        self.led = led
+        self._clock = clock
+        self.format: AudioFormat = source.format
+        self._encoder: Codec = make_codec(PCM_S16LE, self.format)
+        self._mixer = Mixer(self.format.frame_bytes)
+        self._queue: DropOldestQueue[_Playout] = DropOldestQueue(OUTPUT_QUEUE_FRAMES)
+        self._latency = LatencyWindow()
+        self._dir = GroupDirectory()
+        self._out: dict[PeerId, _Out] = {}
+        self._out_by_sid: dict[StreamId, PeerId] = {}
+        self._closed_recent: deque[StreamId] = deque(maxlen=64)
+        self._in: dict[StreamId, _In] = {}
+        self._pending: dict[StreamId, tuple[PeerId, float]] = {}
+        self._skipped_peers: set[PeerId] = set()
+        self._tx = False
+        self._tx_gen = 0
+        self._tx_since = 0.0
+        self._stuck = False
+        self._nursery: trio.Nursery | None = None
+        self._announce_wake = trio.Event()
+        self._fast_until = 0.0
+        self._led_mine: str | None = None
+        self._led_saved: Any = None
+        self._totals = _Totals()
+        self.frames_sent = 0
+        self.frames_received = 0
+        self.frames_unknown = 0  # on streams we do not play (not accepted, already gone)
+        self.frames_bad = 0      # undecodable or of an unknown codec
+        self.streams_rejected = 0
+        self.streams_failed = 0
+        self.bad_announcements = 0
+        self.playout_resyncs = 0
+
+    @property
+    def talk_config(self) -> TalkConfig:
+        return self.config.talk
+
+    # --- public surface ----------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled; reports started once subscribed and all tasks are running."""
+        if self.sink.format != self.format:
+            raise ValueError(f"source format {self.format} differs from sink format {self.sink.format}")
+        await self.handle.subscribe(TOPIC)
+        try:
+            async with trio.open_nursery() as n:
+                self._nursery = n
+                n.start_soon(self._capture_loop)
+                n.start_soon(self._button_loop)
+                n.start_soon(self._playout_loop)
+                n.start_soon(self._sink_loop)
+                n.start_soon(self._announce_loop)
+                n.start_soon(self._housekeeping_loop)
+                log.info("push-to-talk ready: group %s (member of %s)", self.talk_config.active_group,
+                         ", ".join(self.talk_config.groups))
+                task_status.started()
+        finally:
+            self._nursery = None
+            with trio.CancelScope(shield=True):
+                await self._shutdown()
+
+    async def handle_event(self, event: Event) -> None:
+        """Take one mesh event. Returns at once: state changes only, network calls run as tasks."""
+        match event:
+            case AudioData():
+                self._on_audio(event)
+            case Message(topic=topic, from_peer=peer, data=data) if topic == TOPIC:
+                self._on_announcement(peer, data)
+            case AudioStreamRequested(from_peer=peer, stream_id=sid):
+                self._on_request(peer, sid)
+            case AudioStreamAccepted(peer_id=peer, stream_id=sid):
+                self._on_accepted(peer, sid)
+            case AudioStreamClosed(peer_id=peer, stream_id=sid, reason=reason):
+                self._on_closed(peer, sid, reason)
+            case PeerConnected(peer_id=peer):
+                self._on_connected(peer)
+            case PeerDisconnected(peer_id=peer):
+                self._on_disconnected(peer)
+            case _:
+                pass
+
+    def stats(self) -> TalkStats:
+        t = self._totals
+        live = [i.jitter for i in self._in.values()]
+        played = t.played + sum(j.played for j in live)
+        late = t.late + sum(j.late for j in live)
+        dups = t.duplicates + sum(j.duplicates for j in live)
+        concealed = t.concealed + sum(j.concealed for j in live)
+        overflow = t.overflow + sum(j.overflow + j.skipped for j in live) + t.skipped
+        return TalkStats(
+            transmitting=self._tx,
+            group=self.talk_config.active_group,
+            streams_in=sum(1 for i in self._in.values() if i.accepted and not i.jitter.closed),
+            streams_out=sum(1 for o in self._out.values() if o.stream_id is not None),
+            frames_sent=self.frames_sent,
+            frames_received=self.frames_received,
+            frames_played=played,
+            frames_dropped=overflow + self._queue.dropped + self.frames_unknown + self.frames_bad,
+            frames_late=late,
+            frames_duplicate=dups,
+            frames_concealed=concealed,
+            streams_rejected=self.streams_rejected,
+            streams_failed=self.streams_failed,
+            latency_p50_ms=self._latency.percentile_ms(50),
+            latency_p99_ms=self._latency.percentile_ms(99),
+            latency_samples=len(self._latency),
+        )
+
+    @property
+    def latency(self) -> LatencyWindow:
+        """The mouth-to-ear samples behind the percentiles (benches reset it between phases)."""
+        return self._latency
+
+    def peers_in_group(self) -> list[PeerId]:
+        """Connected peers known (from their announcements) to be in our current talk group."""
+        group = self.talk_config.active_group
+        members = set(self._dir.members(group))
+        return [p for p in self.handle.connected_peers() if p in members]
+
+    def reconfigure(self, config: AgentConfig) -> None:
+        """Apply new talk settings (SIGHUP): groups are re-announced at once; jitter settings
+        apply to streams that start from now on."""
+        self.config = config
+        self._fast_until = trio.current_time() + ANNOUNCE_FAST_WINDOW_S
+        self._announce_wake.set()
+
+    # --- sending -----------------------------------------------------------------------------
+    async def _button_loop(self) -> None:
+        async for ev in self.button.events():
+            if ev.kind == "pressed":
+                self._start_talking()
+            elif ev.kind == "released":
+                self._stuck = False
+                self._stop_talking("released")
+        log.warning("the button's event stream ended: push-to-talk can no longer transmit")
+
+    def _start_talking(self) -> None:
+        if self._tx or self._stuck:
+            return
+        self._tx = True
+        self._tx_gen += 1
+        self._tx_since = trio.current_time()
+        self._skipped_peers.clear()
+        group = self.talk_config.active_group
+        targets = self.peers_in_group()
+        if targets:
+            log.info("talking to group %s: %d peer(s)", group, len(targets), extra={"group": group})
+        else:
+            log.warning("talking to group %s, but no connected peer is in it", group, extra={"group": group})
+        for peer in targets:
+            self._open_to(peer)
+        self._update_led()
+
+    def _stop_talking(self, why: str) -> None:
+        if not self._tx:
+            return
+        self._tx = False
+        self._tx_gen += 1
+        entries = list(self._out.values())
+        self._out.clear()
+        for e in entries:
+            if e.stream_id is not None:
+                self._out_by_sid.pop(e.stream_id, None)
+                self._spawn(self._close_quietly, e.stream_id)
+        log.info("stopped talking (%s) after %.1f s", why, trio.current_time() - self._tx_since)
+        self._update_led()
+
+    def _open_to(self, peer: PeerId) -> None:
+        if not self._tx or peer in self._out or self._nursery is None:
+            return
+        limit = self.talk_config.max_streams
+        if len(self._out) >= limit:
+            if peer not in self._skipped_peers:
+                self._skipped_peers.add(peer)
+                log.warning("not streaming to %s: talk.max_streams (%d) reached", peer, limit,
+                            extra={"peer": peer})
+            return
+        entry = _Out(peer, self._tx_gen)
+        self._out[peer] = entry
+        self._spawn(self._request, entry)
+
+    async def _request(self, entry: _Out) -> None:
+        try:
+            sid = await self.handle.request_audio_stream(entry.peer)
+        except AviP2pError as exc:
+            self.streams_failed += 1
+            log.warning("cannot stream to %s: %s", entry.peer, exc, extra={"peer": entry.peer})
+            if self._out.get(entry.peer) is entry:
+                del self._out[entry.peer]
+            return
+        if self._out.get(entry.peer) is not entry or entry.generation != self._tx_gen:
+            await self._close_quietly(sid)  # released (or replaced) while the request ran
+            return
+        if sid in self._closed_recent:  # refused before we got here
+            del self._out[entry.peer]
+            return
+        entry.stream_id = sid
+        self._out_by_sid[sid] = entry.peer
+
+    async def _close_quietly(self, sid: StreamId) -> None:
+        with trio.move_on_after(CLOSE_TIMEOUT_S):
+            try:
+                await self.handle.close_audio_stream(sid)
+            except AviP2pError as exc:
+                log.debug("closing stream %x: %s", sid, exc)
+
+    async def _capture_loop(self) -> None:
+        while True:
+            frame = await self.source.read()
+            if not self._tx:
+                continue
+            payload = self._encoder.encode(frame.pcm)
+            for entry in list(self._out.values()):
+                sid = entry.stream_id
+                if sid is None:
+                    continue
+                try:
+                    await self.handle.send_audio(sid, payload, timestamp_us=frame.timestamp_us,
+                                                 codec=self._encoder.id)
+                except UnknownStreamError:
+                    self._forget_out(sid)
+                except AviP2pError as exc:
+                    log.debug("send on %x: %s", sid, exc)
+                else:
+                    self.frames_sent += 1
+
+    def _forget_out(self, sid: StreamId) -> PeerId | None:
+        peer = self._out_by_sid.pop(sid, None)
+        if peer is not None:
+            entry = self._out.get(peer)
+            if entry is not None and entry.stream_id == sid:
+                del self._out[peer]
+        return peer
+
+    # --- receiving ---------------------------------------------------------------------------
+    def _on_request(self, peer: PeerId, sid: StreamId) -> None:
+        ann = self._dir.get(peer)
+        if ann is None and len(self._pending) < MAX_PENDING and self._nursery is not None:
+            # Its announcement may still be on the way (pub/sub is slower than a direct stream).
+            self._pending[sid] = (peer, trio.current_time() + PENDING_GRACE_S)
+            return
+        self._decide(peer, sid)
+
+    def _decide(self, peer: PeerId, sid: StreamId) -> None:
+        tc = self.talk_config
+        active = sum(1 for i in self._in.values() if not i.jitter.closed)
+        reason = admission(self._dir.get(peer), tc.groups, active, tc.max_streams)
+        if reason is not None:
+            self.streams_rejected += 1
+            log.info("refused audio stream from %s: %s", peer, reason, extra={"peer": peer})
+            self._spawn(self._reject, sid, reason)
+            return
+        fmt = self.format
+        self._in[sid] = _In(peer, sid, JitterBuffer(frame_us=fmt.frame_us, target_us=tc.jitter_target_ms * 1000,
+                                                    max_us=tc.jitter_max_ms * 1000),
+                            make_codec(PCM_S16LE, fmt), PCM_S16LE)
+        self._spawn(self._accept, sid)
+
+    async def _accept(self, sid: StreamId) -> None:
+        try:
+            await self.handle.accept_audio_stream(sid)
+        except AviP2pError as exc:
+            log.info("could not accept stream %x: %s", sid, exc)
+            ins = self._in.get(sid)
+            if ins is not None:
+                ins.jitter.close()
+            return
+        ins = self._in.get(sid)
+        if ins is not None and not ins.jitter.closed:
+            ins.accepted = True
+            log.info("hearing %s", ins.peer, extra={"peer": ins.peer, "stream": f"{sid:x}"})
+            self._update_led()
+
+    async def _reject(self, sid: StreamId, reason: str) -> None:
+        try:
+            with trio.move_on_after(CLOSE_TIMEOUT_S):
+                await self.handle.reject_audio_stream(sid, reason)
+        except AviP2pError as exc:
+            log.debug("could not reject stream %x: %s", sid, exc)
+
+    def _on_audio(self, ev: AudioData) -> None:
+        ins = self._in.get(ev.stream_id)
+        if ins is None or ins.jitter.closed:
+            self.frames_unknown += 1
+            return
+        self.frames_received += 1
+        if ev.codec != ins.codec_id:
+            try:
+                ins.decoder = make_codec(ev.codec, self.format)
+            except CodecError as exc:
+                self.frames_bad += 1
+                if self.frames_bad in (1, 100) or self.frames_bad % 10_000 == 0:
+                    log.warning("frames from %s dropped: %s", ins.peer, exc)
+                return
+            ins.codec_id = ev.codec
+        ins.jitter.push(ev.sequence, ev.timestamp_us, ev.data, self._clock())
+
+    def _on_announcement(self, peer: PeerId, data: bytes) -> None:
+        ann = parse_announcement(data)
+        if ann is None:
+            self.bad_announcements += 1
+            log.debug("ignoring a malformed talk announcement from %s", peer)
+            return
+        prev = self._dir.update(peer, ann)
+        if prev != ann:
+            log.info("%s (%s) is in talk groups %s, talking to %s", peer, ann.name, ",".join(ann.groups),
+                     ann.current, extra={"peer": peer})
+        for sid, (p, _) in list(self._pending.items()):
+            if p == peer:
+                del self._pending[sid]
+                self._decide(peer, sid)
+        if self._tx and self.talk_config.active_group in ann.groups and peer in self.handle.connected_peers():
+            self._open_to(peer)  # joined (or became known) while the button is held
+
+    def _on_accepted(self, peer: PeerId, sid: StreamId) -> None:
+        entry = self._out.get(peer)
+        if entry is not None and entry.stream_id == sid:
+            entry.accepted = True
+            log.info("%s accepted our stream", peer, extra={"peer": peer, "stream": f"{sid:x}"})
+
+    def _on_closed(self, peer: PeerId, sid: StreamId, reason: str) -> None:
+        if self._pending.pop(sid, None) is not None:
+            return
+        ins = self._in.get(sid)
+        if ins is not None:
+            ins.jitter.close()  # the playout plays what is buffered, then retires it
+            log.info("%s stopped talking (%s)", peer, reason, extra={"peer": peer, "stream": f"{sid:x}"})
+            return
+        if self._forget_out(sid) is not None:
+            level = logging.INFO if reason.endswith("normal") else logging.WARNING
+            log.log(level, "stream to %s closed: %s", peer, reason, extra={"peer": peer})
+        else:
+            self._closed_recent.append(sid)
+
+    def _on_connected(self, peer: PeerId) -> None:
+        self._fast_until = trio.current_time() + ANNOUNCE_FAST_WINDOW_S
+        self._announce_wake.set()
+        ann = self._dir.get(peer)
+        if self._tx and ann is not None and self.talk_config.active_group in ann.groups:
+            self._open_to(peer)
+
+    def _on_disconnected(self, peer: PeerId) -> None:
+        entry = self._out.get(peer)
+        if entry is not None and entry.stream_id is None:
+            entry.generation = -1  # its request will fail or be closed on return
+            del self._out[peer]
+
+    # --- playout -----------------------------------------------------------------------------
+    async def _playout_loop(self) -> None:
+        period = self.format.frame_s
+        t0 = trio.current_time()
+        k = 0
+        while True:
+            k += 1
+            deadline = t0 + k * period
+            now = trio.current_time()
+            if now - deadline > PLAYOUT_RESYNC_FRAMES * period:
+                self.playout_resyncs += 1
+                log.warning("playout clock %.0f ms behind: restarting it", (now - deadline) * 1000)
+                t0, k = now, 0
+                continue
+            await trio.sleep_until(deadline)
+            self._tick(self._clock())
+
+    def _tick(self, now_us: int) -> None:
+        pcms: list[bytes] = []
+        stamps: list[int] = []
+        for sid, ins in list(self._in.items()):
+            slot = ins.jitter.pop(now_us)
+            if isinstance(slot, Frame):
+                try:
+                    pcms.append(ins.decoder.decode(slot.payload))
+                    stamps.append(slot.timestamp_us)
+                except CodecError as exc:
+                    self.frames_bad += 1
+                    log.debug("undecodable frame from %s: %s", ins.peer, exc)
+                    pcms.append(ins.decoder.conceal())
+            elif isinstance(slot, Gap):
+                pcms.append(ins.decoder.conceal())
+            elif ins.jitter.drained:
+                self._retire(sid)
+        self._queue.put_nowait(_Playout(self._mixer.mix(pcms), tuple(stamps)))
+
+    def _retire(self, sid: StreamId) -> None:
+        ins = self._in.pop(sid)
+        j, t = ins.jitter, self._totals
+        t.played += j.played
+        t.late += j.late
+        t.duplicates += j.duplicates
+        t.concealed += j.concealed
+        t.overflow += j.overflow
+        t.skipped += j.skipped
+        self._update_led()
+
+    async def _sink_loop(self) -> None:
+        while True:
+            item = await self._queue.get()
+            now = self._clock()
+            for ts in item.timestamps:
+                self._latency.add(now - ts)
+            await self.sink.write(item.pcm)
+
+    # --- groups, housekeeping, LED -----------------------------------------------------------
+    def _announcement(self) -> bytes:
+        tc = self.talk_config
+        return encode_announcement(self.config.node.name, tc.groups, tc.active_group)
+
+    async def _announce_loop(self) -> None:
+        while True:
+            try:
+                await self.handle.publish(TOPIC, self._announcement())
+            except AviP2pError as exc:
+                log.debug("talk announcement not published: %s", exc)
+            await trio.sleep(ANNOUNCE_MIN_GAP_S)
+            fast = trio.current_time() < self._fast_until
+            with trio.move_on_after((ANNOUNCE_FAST_S if fast else ANNOUNCE_SLOW_S) - ANNOUNCE_MIN_GAP_S):
+                await self._announce_wake.wait()
+            self._announce_wake = trio.Event()
+
+    async def _housekeeping_loop(self) -> None:
+        while True:
+            await trio.sleep(HOUSEKEEPING_S)
+            now = trio.current_time()
+            for sid, (peer, deadline) in list(self._pending.items()):
+                if now >= deadline:
+                    del self._pending[sid]
+                    self._decide(peer, sid)  # still unknown: refused with that reason
+            if self._tx and now - self._tx_since > self.talk_config.max_talk_s:
+                log.warning("button held for more than talk.max_talk_s (%g s): stopped transmitting "
+                            "until it is released", self.talk_config.max_talk_s)
+                self._stop_talking("max_talk_s")
+                self._stuck = True
+
+    def _update_led(self) -> None:
+        receiving = any(i.accepted and not i.jitter.drained for i in self._in.values())
+        want = "transmitting" if self._tx else ("receiving" if receiving else None)
+        if want == self._led_mine:
+            return
+        try:
+            current = self.led.pattern
+            if want is None:
+                # Give the LED back, unless someone else (the service) changed it meanwhile.
+                if current.name == self._led_mine:
+                    self.led.set_pattern(self._led_saved if self._led_saved is not None else "idle")
+            else:
+                if self._led_mine is None:
+                    self._led_saved = current
+                self.led.set_pattern(want)
+        except Exception as exc:  # an LED fault must not stop the audio
+            log.debug("LED pattern %s failed: %s", want, exc)
+        self._led_mine = want
+
+    # --- plumbing ----------------------------------------------------------------------------
+    def _spawn(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(fn, *args)
+
+    async def _shutdown(self) -> None:
+        with trio.move_on_after(CLOSE_TIMEOUT_S):
+            for sid in [e.stream_id for e in self._out.values() if e.stream_id is not None]:
+                await self._close_quietly(sid)
+            for sid in list(self._pending):
+                await self._reject(sid, "push-to-talk stopped")
+            try:
+                await self.handle.unsubscribe(TOPIC)
+            except AviP2pError as exc:
+                log.debug("unsubscribe %s: %s", TOPIC, exc)
+        self._out.clear()
+        self._pending.clear()
+        self._tx = False
+        self._update_led()
