@@ -4,6 +4,8 @@
     avi-agent check-config [FILE]            validate and print the effective config (exit 0 / 78)
     avi-agent monitor [--config FILE] [--dial ADDR] [--json] [--duration S]
                                              join the mesh listen-only and show the fleet live
+    avi-agent simulate [--out DIR] [--duration S]
+                                             the demo: 3 agents with fake hardware on this machine
 
 Exit status: 0 = clean stop, 78 (EX_CONFIG) = configuration error (systemd does not restart),
 2 = bad command line, 1 = anything else.
@@ -48,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="exit (status 0) after S seconds; default: run until Ctrl-C")
     mon.add_argument("--refresh", type=float, default=1.0, metavar="S",
                      help="table refresh / stale check period (default 1 s)")
+    sim = sub.add_parser("simulate", help="run a simulated 3-node mesh with fake hardware (the demo)")
+    sim.add_argument("--out", type=Path, default=Path("simulation"),
+                     help="directory for configs, identities, logs and recorded WAVs (default ./simulation)")
+    sim.add_argument("--duration", type=float, default=16.0, metavar="S",
+                     help="seconds to run (default 16: a talks twice, b once)")
     return p
 
 
@@ -107,9 +114,16 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     return trio.run(mon.run)
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from agent.simulate import run
+
+    return run(args.out.resolve(), args.duration)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"run": cmd_run, "check-config": cmd_check_config, "monitor": cmd_monitor}
+    commands = {"run": cmd_run, "check-config": cmd_check_config, "monitor": cmd_monitor,
+                "simulate": cmd_simulate}
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:

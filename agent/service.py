@@ -485,7 +485,8 @@ class Service:
     def _figures(self) -> LocalFigures:
         peers = list(self.handle.connected_peers()) if self.handle is not None else []
         s_in, s_out = self._stream_counts()
-        sent = received = drops = xruns = 0
+        sent = received = drops = xruns = late = 0
+        p50 = p99 = None
         if self.node is not None:
             st = self.node.stats()
             drops += st.audio_frames_dropped
@@ -496,6 +497,8 @@ class Service:
                 ts = self.talk.stats()
                 sent, received = ts.frames_sent, ts.frames_received
                 drops += ts.frames_dropped
+                late = getattr(ts, "frames_late", 0)
+                p50, p99 = getattr(ts, "latency_p50_ms", None), getattr(ts, "latency_p99_ms", None)
                 s_in, s_out = max(s_in, ts.streams_in), max(s_out, ts.streams_out)
             except Exception as exc:
                 log.debug("talk.stats() failed: %s", exc)
@@ -513,6 +516,7 @@ class Service:
                             frames_sent=sent, frames_received=received, xruns=xruns, drops=drops,
                             cpu_load=load_average(), process_cpu=self._cpu.sample(),
                             temp_c=soc_temperature(), talk=self.talk is not None,
+                            frames_late=late, latency_p50_ms=p50, latency_p99_ms=p99,
                             last_error=self.faults.last_error)
 
     def status_line(self) -> str:

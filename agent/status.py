@@ -68,6 +68,9 @@ class StatusMessage(BaseModel):
     process_cpu: float | None = Field(None, ge=0)
     temp_c: float | None = None
     talk: bool = False
+    frames_late: int = Field(0, ge=0, description="received audio frames too late to play")
+    latency_p50_ms: float | None = Field(None, ge=0, description="mouth-to-ear, capture to playback")
+    latency_p99_ms: float | None = Field(None, ge=0)
     status_rejected: int = Field(0, ge=0, description="peers' status messages we dropped")
     last_error: str | None = Field(None, max_length=MAX_ERROR_CHARS)
 
@@ -253,6 +256,10 @@ class _Publisher(Protocol):
     async def publish(self, topic: str, data: bytes) -> None: ...
 
 
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 2)
+
+
 @dataclass(frozen=True, slots=True)
 class LocalFigures:
     """What the service knows about this node right now (the variable part of the message)."""
@@ -269,6 +276,9 @@ class LocalFigures:
     process_cpu: float | None = None
     temp_c: float | None = None
     talk: bool = False
+    frames_late: int = 0
+    latency_p50_ms: float | None = None
+    latency_p99_ms: float | None = None
     last_error: str | None = None
 
 
@@ -330,7 +340,8 @@ class Status:
             fleet=self.view.fresh_count(), streams_in=f.streams_in, streams_out=f.streams_out,
             frames_sent=f.frames_sent, frames_received=f.frames_received, xruns=f.xruns,
             drops=f.drops, cpu_load=f.cpu_load, process_cpu=f.process_cpu, temp_c=f.temp_c,
-            talk=f.talk, status_rejected=self.view.rejected, last_error=err)
+            talk=f.talk, frames_late=f.frames_late, latency_p50_ms=_ms(f.latency_p50_ms),
+            latency_p99_ms=_ms(f.latency_p99_ms), status_rejected=self.view.rejected, last_error=err)
 
     @staticmethod
     def _change_key(m: StatusMessage) -> tuple[Any, ...]:

@@ -1,0 +1,298 @@
+"""`avi-agent simulate`: a small mesh of agent processes with fake hardware, on this machine.
+
+Three agents (a, b, c) run as separate `avi-agent run` processes on 127.0.0.1, each with a
+simulated sound card and button: a's button is pressed on a schedule while its fake microphone
+plays a 440 Hz tone, b answers once at 660 Hz, c only listens. Every node records what it plays
+to a WAV file and publishes its status; this process joins the mesh listen-only, shows the fleet
+and the talk activity live, and ends with a summary (frames, latency, the recorded WAVs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import wave
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from agent.config import AgentConfig
+from agent.mesh.identity import new_identity, peer_id_of, write_identity
+
+STATUS_TOPIC = "avi/status"
+
+
+@dataclass
+class SimNode:
+    name: str
+    tone_hz: float
+    presses: list[tuple[float, float]]  # (at_s, duration_s) after the agent starts
+    port: int = 0
+    peer_id: str = ""
+    dir: Path = Path()
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path = Path()
+    status: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def addr(self) -> str:
+        return f"/ip4/127.0.0.1/tcp/{self.port}/p2p/{self.peer_id}"
+
+    @property
+    def wav(self) -> Path:
+        return self.dir / "heard.wav"
+
+
+def default_nodes() -> list[SimNode]:
+    return [
+        SimNode("a", 440.0, [(4.0, 2.0), (11.0, 2.0)]),
+        SimNode("b", 660.0, [(8.0, 1.5)]),
+        SimNode("c", 880.0, []),
+    ]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _toml_value(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(v)
+
+
+def node_config(node: SimNode, bootstrap: list[str]) -> str:
+    """The node's agent.toml: fake hardware, loopback, status every second."""
+    tables: dict[str, dict[str, object]] = {
+        "node": {"name": node.name},
+        "mesh": {"listen_host": "127.0.0.1", "listen_port": node.port, "bootstrap_peers": bootstrap,
+                 "enable_mdns": False, "enable_kad": True,
+                 "identity_path": str(node.dir / "identity.key")},
+        "audio": {"backend": "fake"},
+        "audio.fake_source": {"kind": "tone", "frequency_hz": node.tone_hz, "level": 0.5},
+        "audio.fake_sink": {"kind": "wav", "path": str(node.wav)},
+        "gpio": {"backend": "fake"},
+        "status": {"interval_s": 1.0, "stale_after_s": 5.0},
+        "logging": {"level": "INFO", "journal": "never"},
+    }
+    lines = ["# written by avi-agent simulate"]
+    for name, values in tables.items():
+        lines.append(f"\n[{name}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+    for at_s, dur in node.presses:
+        lines.append("\n[[gpio.fake_presses]]")
+        lines.append(f"at_s = {at_s!r}\nduration_s = {dur!r}")
+    text = "\n".join(lines) + "\n"
+    # Fail here, with the file named, rather than in three agents at once.
+    import tomllib
+
+    AgentConfig.model_validate(tomllib.loads(text))
+    return text
+
+
+def prepare(out: Path, nodes: list[SimNode]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for node in nodes:
+        node.dir = out / node.name
+        node.dir.mkdir(exist_ok=True)
+        key_path = node.dir / "identity.key"
+        if not key_path.exists():
+            write_identity(key_path, new_identity())
+        from agent.mesh.identity import read_identity
+
+        node.peer_id = peer_id_of(read_identity(key_path))
+        node.port = free_port()
+        node.wav.unlink(missing_ok=True)
+    hub = nodes[0]
+    for node in nodes:
+        bootstrap = [] if node is hub else [hub.addr]
+        (node.dir / "agent.toml").write_text(node_config(node, bootstrap))
+
+
+def start(node: SimNode) -> None:
+    node.log = node.dir / "agent.log"
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+    env = {k: v for k, v in env.items() if not k.startswith("AVI_")}
+    with open(node.log, "wb") as log:
+        node.proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "--config", str(node.dir / "agent.toml")],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True)
+
+
+def stop(node: SimNode, timeout: float = 10.0) -> int | None:
+    if node.proc is None or node.proc.poll() is not None:
+        return node.proc.returncode if node.proc else None
+    node.proc.send_signal(signal.SIGTERM)
+    try:
+        return node.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(node.proc.pid, signal.SIGKILL)
+        return node.proc.wait()
+
+
+def wav_summary(path: Path) -> str:
+    """Duration, seconds with sound, and the dominant frequency of the loud parts."""
+    if not path.exists():
+        return "no file (nothing played)"
+    with wave.open(str(path)) as w:
+        rate, n = w.getframerate(), w.getnframes()
+        data = w.readframes(n)
+    text = f"{n / rate:5.1f} s"
+    try:
+        import numpy as np
+    except ImportError:
+        return text
+    samples = np.frombuffer(data, dtype="<i2").astype(np.float64)
+    frame = rate // 50
+    loud = [samples[i:i + frame] for i in range(0, len(samples) - frame + 1, frame)
+            if np.sqrt(np.mean(samples[i:i + frame] ** 2)) > 500]
+    if not loud:
+        return text + ", silence"
+    sound = np.concatenate(loud)
+    spectrum = np.abs(np.fft.rfft(sound * np.hanning(len(sound))))
+    freqs = np.fft.rfftfreq(len(sound), 1 / rate)
+    peaks = sorted({int(round(freqs[i] / 10) * 10) for i in np.argsort(spectrum)[-40:]
+                    if spectrum[i] > spectrum.max() * 0.3})
+    tones = _group(peaks)
+    return text + f", {len(loud) * 0.02:4.1f} s of sound, tones ~{', '.join(f'{t} Hz' for t in tones)}"
+
+
+def _group(freqs: list[int]) -> list[int]:
+    groups: list[list[int]] = []
+    for f in freqs:
+        if groups and f - groups[-1][-1] <= 30:
+            groups[-1].append(f)
+        else:
+            groups.append([f])
+    return [round(sum(g) / len(g)) for g in groups]
+
+
+async def watch(nodes: list[SimNode], duration: float, live: bool) -> None:
+    """Join the mesh listen-only, keep the latest status of every node, and show it."""
+    import logging
+
+    from agent.mesh import AviP2p, AviP2pConfig, Message
+
+    # py-libp2p installs its own stderr handler on import; our table owns the terminal.
+    logging.getLogger("libp2p").setLevel(logging.CRITICAL)
+    by_peer = {n.peer_id: n for n in nodes}
+    cfg = AviP2pConfig(node_name="simulate-monitor", listen_host="127.0.0.1", enable_mdns=False,
+                       enable_kad=False, bootstrap_peers=[nodes[0].addr])
+    started = time.monotonic()
+    async with AviP2p.start(cfg) as (node, events):
+        await node.handle().subscribe(STATUS_TOPIC)
+        async with trio.open_nursery() as nursery:
+            async def collect() -> None:
+                async for ev in events:
+                    if isinstance(ev, Message) and ev.topic == STATUS_TOPIC and ev.from_peer in by_peer:
+                        try:
+                            by_peer[ev.from_peer].status = json.loads(ev.data)
+                        except ValueError:
+                            pass
+
+            nursery.start_soon(collect)
+            shown = 0
+            while (elapsed := time.monotonic() - started) < duration:
+                for n in nodes:
+                    if n.proc is not None and n.proc.poll() is not None:
+                        raise RuntimeError(f"agent {n.name} exited with status {n.proc.returncode}; "
+                                           f"see {n.log}")
+                table = render(nodes, elapsed, duration)
+                if live:
+                    sys.stdout.write(("\033[%dA" % shown if shown else "") + "\033[J" + table + "\n")
+                    shown = table.count("\n") + 1
+                elif int(elapsed) % 3 == 0:
+                    print(table, flush=True)
+                sys.stdout.flush()
+                await trio.sleep(0.5 if live else 1.0)
+            nursery.cancel_scope.cancel()
+
+
+def _talk_state(n: SimNode, elapsed: float) -> str:
+    for at_s, dur in n.presses:
+        if at_s <= elapsed - 1.0 < at_s + dur:  # agents start about a second after us
+            return f"TALKING {n.tone_hz:.0f} Hz"
+    s = n.status
+    if s.get("streams_in"):
+        return "hearing"
+    return "idle"
+
+
+def render(nodes: list[SimNode], elapsed: float, duration: float) -> str:
+    rows = [("NODE", "PEER", "STATE", "PEERS", "STREAMS", "SENT", "RECEIVED", "DROPPED",
+             "LATENCY p50/p99", "TALK")]
+    for n in nodes:
+        s = n.status
+        lat = (f"{s.get('latency_p50_ms'):.0f}/{s.get('latency_p99_ms'):.0f} ms"
+               if s.get("latency_p50_ms") is not None else "-")
+        rows.append((n.name, n.peer_id[-8:], str(s.get("state", "starting")), str(s.get("peers", "-")),
+                     f"{s.get('streams_in', 0)} in/{s.get('streams_out', 0)} out",
+                     str(s.get("frames_sent", 0)), str(s.get("frames_received", 0)),
+                     str(s.get("drops", 0)), lat, _talk_state(n, elapsed)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [f"avi-agent simulate: {elapsed:4.1f} s of {duration:.0f} s"]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def run(out: Path, duration: float) -> int:
+    nodes = default_nodes()
+    prepare(out, nodes)
+    print(f"avi-agent simulate: 3 agents with fake hardware, files in {out}")
+    for n in nodes:
+        presses = ", ".join(f"{d:g} s at {a:g} s" for a, d in n.presses) or "never"
+        print(f"  {n.name}: {n.addr}  tone {n.tone_hz:g} Hz, button pressed: {presses}")
+    print()
+    live = sys.stdout.isatty()
+    try:
+        for n in nodes:
+            start(n)
+        trio.run(watch, nodes, duration, live)
+    except RuntimeError as exc:
+        print(f"\navi-agent simulate: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted")
+    finally:
+        codes = {n.name: stop(n) for n in nodes}
+    return summary(nodes, codes)
+
+
+def summary(nodes: list[SimNode], codes: dict[str, int | None]) -> int:
+    print("\nsummary")
+    print(f"  {'node':<5}{'sent':>7}{'received':>10}{'dropped':>9}{'late':>6}{'p50 ms':>8}{'p99 ms':>8}"
+          f"  exit  recorded")
+    ok = True
+    for n in nodes:
+        s = n.status
+        p50 = s.get("latency_p50_ms")
+        p99 = s.get("latency_p99_ms")
+        print(f"  {n.name:<5}{s.get('frames_sent', 0):>7}{s.get('frames_received', 0):>10}"
+              f"{s.get('drops', 0):>9}{s.get('frames_late', 0):>6}"
+              f"{p50 if p50 is not None else '-':>8}{p99 if p99 is not None else '-':>8}"
+              f"  {codes.get(n.name)!s:>4}  {n.wav}: {wav_summary(n.wav)}")
+        if codes.get(n.name) != 0:
+            ok = False
+    print("  mouth-to-ear latency: capture timestamp on the talker to hand-over to the listener's "
+          "sound card (one clock: all on this machine)")
+    print(f"  logs: {', '.join(str(n.log) for n in nodes)}")
+    heard = [n for n in nodes if n.status.get("frames_received", 0)]
+    if len(heard) < 2:
+        print("avi-agent simulate: FAILED: the listeners received no audio (see the logs)", file=sys.stderr)
+        ok = False
+    return 0 if ok else 1
