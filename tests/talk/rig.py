@@ -1,0 +1,145 @@
+"""In-process agents for talk tests: a real mesh node on 127.0.0.1, fake hardware, a `Talk`,
+and a dispatcher that forwards every mesh event to it (as agent/service.py does)."""
+
+from __future__ import annotations
+
+import wave
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import trio
+
+from agent.config import AgentConfig
+from agent.mesh import AviP2p, AviP2pConfig, Event
+from agent.talk import Talk
+from hw.audio.fake import NullSink, ToneSource, WavSink
+from hw.gpio.fake import FakeButton, FakeLed
+
+LOCAL = dict(listen_host="127.0.0.1", enable_mdns=False, enable_kad=False)
+RATE = 16000
+FRAME = 320
+
+
+@dataclass
+class Agent:
+    name: str
+    node: Any
+    talk: Talk
+    button: FakeButton
+    led: FakeLed
+    wav: Path | None
+    events: list[Event]
+
+    @property
+    def peer_id(self) -> str:
+        return self.node.handle().local_peer_id
+
+    @property
+    def addr(self) -> str:
+        return self.node.handle().listen_addresses()[0]
+
+    async def hold(self, seconds: float) -> None:
+        await self.button.press()
+        await trio.sleep(seconds)
+        await self.button.release()
+
+
+@asynccontextmanager
+async def agent(name: str, tmp: Path, *, freq: float = 440.0, groups: tuple[str, ...] = ("default",),
+                current: str | None = None, record: bool = True, **talk: Any) -> AsyncIterator[Agent]:
+    cfg = AgentConfig(node={"name": name},
+                      talk={"groups": list(groups), "current_group": current, **talk})
+    wav = tmp / f"{name}.wav" if record else None
+    async with AsyncExitStack() as stack:
+        node, events = await stack.enter_async_context(AviP2p.start(AviP2pConfig(node_name=name, **LOCAL)))
+        source = await stack.enter_async_context(ToneSource(frequency_hz=freq, level=0.5))
+        sink = await stack.enter_async_context(WavSink(wav) if wav else NullSink())
+        button = await stack.enter_async_context(FakeButton())
+        led = await stack.enter_async_context(FakeLed("idle"))
+        t = Talk(cfg, node.handle(), source, sink, button, led)
+        seen: list[Event] = []
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        await nursery.start(t.run)
+
+        async def dispatch() -> None:
+            async for ev in events:
+                seen.append(ev)
+                del seen[:-2000]
+                await t.handle_event(ev)
+
+        nursery.start_soon(dispatch)
+        try:
+            yield Agent(name, node, t, button, led, wav, seen)
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def wait_until(pred: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
+    with trio.move_on_after(timeout):
+        while not pred():
+            await trio.sleep(0.05)
+        return
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+async def know_each_other(*agents: Agent, timeout: float = 20.0) -> None:
+    """Wait until each agent knows every connected other agent of its group (announcements)."""
+    for a in agents:
+        others = {b.peer_id for b in agents if b is not a
+                  and a.talk.talk_config.active_group in b.talk.talk_config.groups}
+        await wait_until(lambda: others <= set(a.talk.peers_in_group()), timeout,
+                         f"{a.name} to learn the groups of its peers")
+
+
+# --- WAV analysis -------------------------------------------------------------------------------
+
+def read_wav(path: Path) -> np.ndarray:
+    with wave.open(str(path), "rb") as w:
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (RATE, 1, 2)
+        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float64)
+
+
+@dataclass
+class Heard:
+    total_s: float
+    active_s: float        # frames with sound
+    span: tuple[float, float]  # first..last frame with sound (s from the start of the file)
+    outside_peak: float    # loudest sample outside that span
+    peaks_hz: list[float]  # the strongest spectral peaks inside the span, strongest first
+    peak_ratio: float      # second peak / first peak
+
+
+def analyse(path: Path, threshold_rms: float = 500.0) -> Heard:
+    x = read_wav(path)
+    n = len(x) // FRAME
+    frames = x[: n * FRAME].reshape(n, FRAME)
+    rms = np.sqrt((frames ** 2).mean(axis=1))
+    active = np.flatnonzero(rms > threshold_rms)
+    if len(active) == 0:
+        return Heard(len(x) / RATE, 0.0, (0.0, 0.0), float(np.abs(x).max(initial=0)), [], 0.0)
+    lo, hi = active[0], active[-1] + 1
+    inside = x[lo * FRAME: hi * FRAME]
+    outside = np.concatenate([x[: max(0, lo - 1) * FRAME], x[(hi + 1) * FRAME:]])
+    spec = np.abs(np.fft.rfft(inside * np.hanning(len(inside))))
+    freqs = np.fft.rfftfreq(len(inside), 1 / RATE)
+    peaks = _peaks(freqs, spec)
+    ratio = peaks[1][1] / peaks[0][1] if len(peaks) > 1 else 0.0
+    return Heard(len(x) / RATE, len(active) * FRAME / RATE, (lo * FRAME / RATE, hi * FRAME / RATE),
+                 float(np.abs(outside).max(initial=0)), [f for f, _ in peaks], ratio)
+
+
+def _peaks(freqs: np.ndarray, spec: np.ndarray, k: int = 3, guard_hz: float = 40.0) -> list[tuple[float, float]]:
+    """The k strongest peaks at least guard_hz apart."""
+    order = np.argsort(spec)[::-1]
+    out: list[tuple[float, float]] = []
+    for i in order:
+        f = float(freqs[i])
+        if all(abs(f - g) > guard_hz for g, _ in out):
+            out.append((f, float(spec[i])))
+            if len(out) == k:
+                break
+    return out

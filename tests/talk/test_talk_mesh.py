@@ -1,0 +1,149 @@
+"""Push-to-talk end to end in one process: real mesh nodes over 127.0.0.1, fake hardware."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from agent.mesh import AviP2p, AviP2pConfig, AudioStreamClosed
+from agent.talk import TOPIC
+from agent.talk.groups import encode_announcement
+
+from .rig import LOCAL, agent, analyse, know_each_other, wait_until
+
+HOLD_S = 2.0
+
+
+async def test_two_nodes_each_hears_the_other(tmp_path: Path) -> None:
+    async with agent("a", tmp_path, freq=440) as a, agent("b", tmp_path, freq=660) as b:
+        await a.node.handle().dial(b.addr)
+        await know_each_other(a, b)
+        assert a.led.pattern.name == "idle"
+
+        await a.button.press()
+        await wait_until(lambda: b.talk.stats().streams_in == 1, 5, "b to accept a's stream")
+        await trio.sleep(0.5)
+        assert a.led.pattern.name == "transmitting" and b.led.pattern.name == "receiving"
+        assert a.talk.stats().transmitting and a.talk.stats().streams_out == 1
+        await trio.sleep(HOLD_S - 0.5 - 0.1)
+        await a.button.release()
+        await wait_until(lambda: b.talk.stats().streams_in == 0 and b.led.pattern.name == "idle", 5,
+                         "b to hear the end of a's talk")
+        assert a.led.pattern.name == "idle" and a.talk.stats().streams_out == 0
+        await trio.sleep(0.5)
+
+        await b.hold(HOLD_S)
+        await wait_until(lambda: a.talk.stats().streams_in == 0 and a.talk.stats().frames_played > 80, 5,
+                         "a to hear b's talk")
+        await trio.sleep(0.5)
+        sa, sb = a.talk.stats(), b.talk.stats()
+
+    for st in (sa, sb):
+        print(st)
+    ha, hb = analyse(a.wav), analyse(b.wav)  # type: ignore[arg-type]
+    print("a heard", ha, "\nb heard", hb)
+    for heard, freq, sent, rx in ((hb, 440, sa, sb), (ha, 660, sb, sa)):
+        assert 1.6 <= heard.active_s <= 2.4, f"expected about 2 s of tone, got {heard.active_s:.2f} s"
+        assert heard.span[1] - heard.span[0] <= 2.6
+        assert abs(heard.peaks_hz[0] - freq) < 5, f"dominant {heard.peaks_hz[0]:.1f} Hz, expected {freq}"
+        assert heard.outside_peak == 0, "sound outside the talk"
+        assert heard.total_s > heard.span[1] + 0.3  # silence played before and after
+        # nearly every frame sent arrived and played; latency is measured
+        assert rx.frames_received >= 0.95 * sent.frames_sent > 80
+        assert rx.frames_played >= 0.9 * sent.frames_sent
+        assert rx.latency_samples >= 80 and rx.latency_p50_ms is not None
+        assert 20 <= rx.latency_p50_ms < 200, rx.latency_p50_ms
+
+
+async def test_three_nodes_two_talk_at_once_listener_hears_both(tmp_path: Path) -> None:
+    async with agent("a", tmp_path, freq=440) as a, agent("b", tmp_path, freq=660) as b, \
+            agent("c", tmp_path, freq=1000) as c:
+        await a.node.handle().dial(c.addr)
+        await b.node.handle().dial(c.addr)
+        await a.node.handle().dial(b.addr)
+        await know_each_other(a, b, c)
+        async with trio.open_nursery() as n:
+            n.start_soon(a.hold, HOLD_S)
+            n.start_soon(b.hold, HOLD_S)
+            await wait_until(lambda: c.talk.stats().streams_in == 2, 5, "c to hear two talkers")
+            assert c.led.pattern.name == "receiving"
+        await wait_until(lambda: c.talk.stats().streams_in == 0, 5, "both talks to end")
+        await trio.sleep(0.3)
+        sc = c.talk.stats()
+    print(sc)
+    hc, ha, hb = analyse(c.wav), analyse(a.wav), analyse(b.wav)  # type: ignore[arg-type]
+    print("c heard", hc)
+    assert 1.6 <= hc.active_s <= 2.6
+    assert {round(f / 20) * 20 for f in hc.peaks_hz[:2]} == {440, 660}, hc.peaks_hz
+    assert hc.peak_ratio > 0.3, "one talker is much quieter than the other"
+    assert hc.outside_peak == 0
+    # the talkers hear each other too (full duplex between talkers)
+    assert abs(ha.peaks_hz[0] - 660) < 5 and abs(hb.peaks_hz[0] - 440) < 5
+    assert sc.frames_received >= 180 and sc.streams_rejected == 0
+
+
+async def test_peer_in_another_group_is_not_streamed_to_and_a_late_joiner_is(tmp_path: Path) -> None:
+    async with agent("a", tmp_path, groups=("ops", "all")) as a, \
+            agent("b", tmp_path, groups=("sales",)) as b, \
+            agent("c", tmp_path, groups=("all", "ops"), current="all") as c:
+        await a.node.handle().dial(b.addr)
+        await wait_until(lambda: b.peer_id in a.talk._dir._by_peer, 20, "a to hear b's groups")
+        await a.button.press()
+        await trio.sleep(0.5)
+        assert a.talk.stats().streams_out == 0  # b is not in group ops
+        # c (in ops) connects while the button is held: it gets a stream too
+        await c.node.handle().dial(a.addr)
+        await wait_until(lambda: c.talk.stats().streams_in == 1, 20, "c to be streamed to after joining")
+        await trio.sleep(0.5)
+        await a.button.release()
+        await wait_until(lambda: c.talk.stats().streams_in == 0, 5, "the talk to end")
+        assert c.talk.stats().frames_played > 10
+        assert b.talk.stats().frames_received == 0 and b.talk.stats().streams_rejected == 0
+
+
+async def test_streams_from_other_groups_or_unknown_peers_are_refused(tmp_path: Path) -> None:
+    import agent.talk.engine as engine
+
+    engine_grace = engine.PENDING_GRACE_S
+    engine.PENDING_GRACE_S = 1.0
+    try:
+        async with agent("r", tmp_path, groups=("ops",), record=False) as r, \
+                AviP2p.start(AviP2pConfig(**LOCAL)) as (raw, raw_events):
+            seen: list[object] = []
+
+            async def record() -> None:
+                async for ev in raw_events:
+                    seen.append(ev)
+
+            async with trio.open_nursery() as n:
+                n.start_soon(record)
+                h = raw.handle()
+                await h.dial(r.addr)
+                # unknown group: waits for an announcement, then is refused
+                sid = await h.request_audio_stream(r.peer_id)
+                await wait_until(lambda: any(isinstance(e, AudioStreamClosed) and e.stream_id == sid
+                                             for e in seen), 10, "the unknown peer's stream to be refused")
+                closed = [e for e in seen if isinstance(e, AudioStreamClosed) and e.stream_id == sid][0]
+                assert "unknown" in closed.reason
+                # announced, but talking to a group r is not in
+                await h.subscribe(TOPIC)
+                await _announce(h, ["sales", "ops"], "sales", r)
+                sid2 = await h.request_audio_stream(r.peer_id)
+                await wait_until(lambda: any(isinstance(e, AudioStreamClosed) and e.stream_id == sid2
+                                             for e in seen), 10, "the foreign group's stream to be refused")
+                closed2 = [e for e in seen if isinstance(e, AudioStreamClosed) and e.stream_id == sid2][0]
+                assert "not in talk group 'sales'" in closed2.reason
+                assert r.talk.stats().streams_rejected == 2 and r.talk.stats().frames_received == 0
+                n.cancel_scope.cancel()
+    finally:
+        engine.PENDING_GRACE_S = engine_grace
+
+
+async def _announce(h, groups: list[str], current: str, r) -> None:  # type: ignore[no-untyped-def]
+    """Publish an announcement until r has heard it (pub/sub may drop the first ones)."""
+    with trio.fail_after(20):
+        while r.talk._dir.get(h.local_peer_id) is None:
+            await h.publish(TOPIC, encode_announcement("raw", groups, current))
+            await trio.sleep(0.3)
