@@ -147,3 +147,46 @@ async def _announce(h, groups: list[str], current: str, r) -> None:  # type: ign
         while r.talk._dir.get(h.local_peer_id) is None:
             await h.publish(TOPIC, encode_announcement("raw", groups, current))
             await trio.sleep(0.3)
+
+
+async def test_a_busy_receiver_refuses_without_stopping_the_other_streams(tmp_path: Path) -> None:
+    async with agent("a", tmp_path, freq=440) as a, agent("b", tmp_path, freq=660) as b, \
+            agent("c", tmp_path, max_streams=1) as c:
+        await a.node.handle().dial(c.addr)
+        await b.node.handle().dial(c.addr)
+        await a.node.handle().dial(b.addr)
+        await know_each_other(a, b, c)
+        await a.button.press()
+        await wait_until(lambda: c.talk.stats().streams_in == 1, 5, "c to hear a")
+        await b.button.press()
+        await wait_until(lambda: c.talk.stats().streams_rejected == 1, 5, "c to refuse b (busy)")
+        await wait_until(lambda: b.talk.stats().streams_out == 1, 5, "b's refused stream to go")
+        await trio.sleep(1.0)
+        assert b.talk.stats().transmitting and a.talk.stats().streams_in == 1  # a still hears b
+        await a.button.release()
+        await b.button.release()
+        await wait_until(lambda: a.talk.stats().streams_in == 0 and c.talk.stats().streams_in == 0, 5,
+                         "the talks to end")
+        await trio.sleep(0.3)
+    ha, hc = analyse(a.wav), analyse(c.wav)  # type: ignore[arg-type]
+    assert abs(ha.peaks_hz[0] - 660) < 5 and ha.active_s >= 0.9
+    assert abs(hc.peaks_hz[0] - 440) < 5 and hc.peak_ratio < 0.05  # c never mixed in b
+
+
+async def test_a_stuck_button_stops_transmitting_after_max_talk_s(tmp_path: Path) -> None:
+    async with agent("a", tmp_path, max_talk_s=1.0) as a, agent("b", tmp_path) as b:
+        await a.node.handle().dial(b.addr)
+        await know_each_other(a, b)
+        await a.button.press()
+        await wait_until(lambda: a.talk.stats().transmitting, 2, "a to transmit")
+        await trio.sleep(2.5)
+        assert a.button.pressed and not a.talk.stats().transmitting
+        assert a.led.pattern.name == "idle"
+        await a.button.release()
+        await wait_until(lambda: b.talk.stats().streams_in == 0, 5, "b to hear the end")
+        await trio.sleep(0.3)
+        sent_once = a.talk.stats().frames_sent
+        await a.hold(0.5)  # a fresh press transmits again
+        assert a.talk.stats().frames_sent > sent_once
+    hb = analyse(b.wav)  # type: ignore[arg-type]
+    assert 1.1 <= hb.active_s <= 2.0, hb  # about 1 s, then about 0.5 s
