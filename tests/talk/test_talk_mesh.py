@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import trio
 
 from agent.mesh import AviP2p, AviP2pConfig, AudioStreamClosed
