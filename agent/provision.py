@@ -1,6 +1,6 @@
 """Prepare a Raspberry Pi OS boot partition so the card's first boot becomes a running node.
 
-``scripts/provision`` is the command line; see ``--help`` and docs/raspberry-pi.md. What lands
+``scripts/provision`` is the command line; see ``--help`` and README.md ("On a Raspberry Pi"). What lands
 on the boot partition (``BOOT``), all under ``BOOT/avi`` except the cmdline hook:
 
 * ``avi/agent.toml``    this node's config (name, talk group, bootstrap peers, audio, pins),
