@@ -396,8 +396,8 @@ class Service:
                     if first:
                         first = False
                         task_status.started()
-            except Exception as exc:  # noqa: BLE001 - retried; the fault is shown
-                self.fault("status", f"status topic: {_describe(exc)}")
+            except* Exception as group:  # retried; the fault is shown
+                self.fault("status", f"status topic: {_describe(group)}")
                 if first:
                     first = False
                     task_status.started()
@@ -422,9 +422,11 @@ class Service:
                     if first:
                         first = False
                         task_status.started()
-            except Exception as exc:
-                log.exception("push-to-talk failed")
-                self.fault("talk", f"{_describe(exc)}; restarting")
+            except* Exception as group:
+                # except*: a device error that lands together with our own cancellation (the
+                # devices close while talk stops) must not turn a clean stop into a crash.
+                log.error("push-to-talk failed", exc_info=group)
+                self.fault("talk", f"{_describe(group)}; restarting")
             finally:
                 self.talk = None
             if first:
