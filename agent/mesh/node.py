@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -158,6 +159,9 @@ class AviP2p:
         self._messages_dropped = 0
         self._audio_dropped = 0
         self._refused = 0
+        # Per (origin, topic) message counts in the current one-second window (see _over_rate).
+        self._rate_window = 0.0
+        self._rate_counts: dict[tuple[bytes, str], int] = {}
 
     # --- lifecycle --------------------------------------------------------------------------
     @classmethod
@@ -295,7 +299,30 @@ class AviP2p:
                 return  # nobody listens any more; keep draining would only spin
 
     # --- pub/sub ----------------------------------------------------------------------------
+    def _over_rate(self, msg: rpc_pb2.Message) -> bool:
+        """True if the message's origin already sent `pubsub_rate_limit` messages on one of its
+        topics in this one-second window. py-libp2p hands a message to the subscriber before
+        GossipSub's own spam check (which only stops forwarding), so without this a flooding
+        peer reaches the application at any rate. The table is cleared every window."""
+        now = time.monotonic()
+        if now - self._rate_window >= 1.0:
+            self._rate_window = now
+            self._rate_counts.clear()
+        over = False
+        for topic in msg.topicIDs:
+            key = (bytes(msg.from_id), topic)
+            n = self._rate_counts.get(key, 0) + 1
+            self._rate_counts[key] = n
+            over = over or n > self.config.pubsub_rate_limit
+        return over
+
     def _deliver_message(self, msg: rpc_pb2.Message) -> None:
+        if self._over_rate(msg):
+            self._messages_dropped += 1
+            if self._messages_dropped in (1, 10, 100) or self._messages_dropped % 1000 == 0:
+                log.warning("pub/sub: a peer exceeds pubsub_rate_limit (%d/s on a topic): %d messages "
+                            "dropped so far", self.config.pubsub_rate_limit, self._messages_dropped)
+            return
         try:
             self._inbox_send.send_nowait(msg)
         except trio.WouldBlock:
