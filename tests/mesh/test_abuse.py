@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -364,6 +365,7 @@ async def test_half_open_connections_are_reaped_while_a_peer_is_served():
         port = int(t.addr.split("/tcp/")[1].split("/")[0])
         closed_after: list[float] = []
         still_open = 0
+        fds_before = len(os.listdir("/proc/self/fd"))
         t0 = trio.current_time()
 
         async def idle_client(header: bool) -> None:
@@ -412,11 +414,14 @@ async def test_half_open_connections_are_reaped_while_a_peer_is_served():
                 assert newcomer.peer_id in t.h.connected_peers()
         await trio.sleep(1.0)
         pings = [d for d in messages(t, legit.peer_id) if d.startswith(b"ping")]
+        fds_after = len(os.listdir("/proc/self/fd"))
         print(f"\n[half-open] {HALF_OPEN} idle TCP connections (half of them sent the multistream "
               f"header): {len(closed_after)} closed by the node, after "
               f"{min(closed_after, default=0):.1f}-{max(closed_after, default=0):.1f} s; {still_open} "
-              f"still open after {REAP_BOUND + 5:.0f} s; legit peer's pings {len(pings)}/{sent}")
+              f"still open after {REAP_BOUND + 5:.0f} s; legit peer's pings {len(pings)}/{sent}; "
+              f"process fds {fds_before} before, {fds_after} after")
         assert still_open == 0, f"{still_open} half-open connections were never closed"
         assert max(closed_after) < REAP_BOUND
         assert sent >= 3 and len(pings) >= sent - 1  # the last may still be in flight
         assert legit.peer_id in t.h.connected_peers()
+        assert fds_after <= fds_before + 2, "the node kept sockets of reaped connections"
