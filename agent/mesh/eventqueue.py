@@ -63,8 +63,15 @@ class EventQueue:
         self._changed()
 
     def _drop_oldest_audio(self) -> None:
-        for i, item in enumerate(self._items):
+        """Drop the oldest frame of the stream with the most frames queued, so a stream sent
+        faster than real time pays for its own excess, not the other streams."""
+        per_stream: dict[int, int] = {}
+        for item in self._items:
             if isinstance(item, AudioData):
+                per_stream[item.stream_id] = per_stream.get(item.stream_id, 0) + 1
+        victim = max(per_stream, key=per_stream.__getitem__)
+        for i, item in enumerate(self._items):
+            if isinstance(item, AudioData) and item.stream_id == victim:
                 del self._items[i]
                 self._audio_count -= 1
                 self._on_audio_drop(item)
