@@ -425,3 +425,21 @@ async def test_half_open_connections_are_reaped_while_a_peer_is_served():
         assert sent >= 3 and len(pings) >= sent - 1  # the last may still be in flight
         assert legit.peer_id in t.h.connected_peers()
         assert fds_after <= fds_before + 2, "the node kept sockets of reaped connections"
+
+
+async def test_event_queue_drops_from_the_flooding_stream_not_the_paced_one():
+    """When the application falls behind, the frames dropped are the flooding stream's, even
+    when a paced stream's frame is the oldest in the queue."""
+    from agent.mesh.eventqueue import EventQueue
+
+    dropped: list[AudioData] = []
+    q = EventQueue(8, dropped.append)
+    q.put_audio(AudioData("p", 1, b"paced", 0))
+    for i in range(20):
+        q.put_audio(AudioData("f", 2, b"flood", i))
+    q.put_audio(AudioData("p", 1, b"paced", 1))
+    kept = [await q.get() for _ in range(len(q))]
+    print(f"\n[event queue] dropped {len(dropped)} (streams {sorted({d.stream_id for d in dropped})}); "
+          f"kept {[(e.stream_id, e.sequence) for e in kept]}")
+    assert {d.stream_id for d in dropped} == {2} and len(dropped) == 22 - 8
+    assert [e.sequence for e in kept if e.stream_id == 1] == [0, 1]
