@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import wave
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +34,9 @@ class SimNode:
     name: str
     tone_hz: float
     presses: list[tuple[float, float]]  # (at_s, duration_s) after the agent starts
-    port: int = 0
+    port: int = 0  # 0: prepare() picks a free port on 127.0.0.1
+    host: str = "127.0.0.1"  # listen address (a test rig host's own address, say)
+    enable_mdns: bool = False
     peer_id: str = ""
     dir: Path = Path()
     proc: subprocess.Popen[bytes] | None = None
@@ -42,7 +45,7 @@ class SimNode:
 
     @property
     def addr(self) -> str:
-        return f"/ip4/127.0.0.1/tcp/{self.port}/p2p/{self.peer_id}"
+        return f"/ip4/{self.host}/tcp/{self.port}/p2p/{self.peer_id}"
 
     @property
     def wav(self) -> Path:
@@ -76,11 +79,11 @@ def _toml_value(v: object) -> str:
 
 
 def node_config(node: SimNode, bootstrap: list[str]) -> str:
-    """The node's agent.toml: fake hardware, loopback, status every second."""
+    """The node's agent.toml: fake hardware, its own listen address, status every second."""
     tables: dict[str, dict[str, object]] = {
         "node": {"name": node.name},
-        "mesh": {"listen_host": "127.0.0.1", "listen_port": node.port, "bootstrap_peers": bootstrap,
-                 "enable_mdns": False, "enable_kad": True,
+        "mesh": {"listen_host": node.host, "listen_port": node.port, "bootstrap_peers": bootstrap,
+                 "enable_mdns": node.enable_mdns, "enable_kad": True,
                  "identity_path": str(node.dir / "identity.key")},
         "audio": {"backend": "fake"},
         "audio.fake_source": {"kind": "tone", "frequency_hz": node.tone_hz, "level": 0.5},
@@ -105,6 +108,8 @@ def node_config(node: SimNode, bootstrap: list[str]) -> str:
 
 
 def prepare(out: Path, nodes: list[SimNode]) -> None:
+    """Write each node's identity key and agent.toml under ``out/<name>``; every node but the
+    first bootstraps to the first. Nodes without a port get a free one on 127.0.0.1."""
     out.mkdir(parents=True, exist_ok=True)
     for node in nodes:
         node.dir = out / node.name
@@ -115,7 +120,8 @@ def prepare(out: Path, nodes: list[SimNode]) -> None:
         from agent.mesh.identity import read_identity
 
         node.peer_id = peer_id_of(read_identity(key_path))
-        node.port = free_port()
+        if not node.port:
+            node.port = free_port()
         node.wav.unlink(missing_ok=True)
     hub = nodes[0]
     for node in nodes:
@@ -123,12 +129,14 @@ def prepare(out: Path, nodes: list[SimNode]) -> None:
         (node.dir / "agent.toml").write_text(node_config(node, bootstrap))
 
 
-def start(node: SimNode) -> None:
+def start(node: SimNode, popen: Callable[..., subprocess.Popen[bytes]] = subprocess.Popen) -> None:
+    """Start ``avi-agent run`` for the node, output to ``agent.log``, in its own session.
+    ``popen`` starts it elsewhere (a test rig's ``Host.exec`` runs it in a network namespace)."""
     node.log = node.dir / "agent.log"
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
     env = {k: v for k, v in env.items() if not k.startswith("AVI_")}
     with open(node.log, "wb") as log:
-        node.proc = subprocess.Popen(
+        node.proc = popen(
             [sys.executable, "-m", "agent", "run", "--config", str(node.dir / "agent.toml")],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
             start_new_session=True)
