@@ -137,7 +137,8 @@ def test_three_agents_two_talk_at_once(tmp_path: Path) -> None:
     hc = analyse(c.wav)
     print(f"c heard: {hc}")
     why = f"c's log:\n{log_tail(c)}"
-    assert 1.6 <= hc.sound_s <= 2.8, f"expected about {HOLD_S} s of sound, got {hc.sound_s} s; {why}"
+    # The agents start one after another, so the two presses overlap but may be ~1 s apart.
+    assert 1.6 <= hc.sound_s <= 3.2, f"expected about {HOLD_S} s of sound, got {hc.sound_s} s; {why}"
     top2 = sorted(f for f, _ in hc.peaks[:2])
     assert len(top2) == 2 and abs(top2[0] - 440) < 5 and abs(top2[1] - 660) < 5, \
         f"expected peaks at 440 and 660 Hz, got {hc.peaks}; {why}"
