@@ -45,6 +45,13 @@ log = logging.getLogger("agent.mesh")
 INBOX_FACTOR = 4
 MAX_KNOWN_PEERS_FACTOR = 4
 PEERSTORE_CLEANUP_S = 60
+# Asked by `dial()` once connected: the answer says whether the peer keeps the connection.
+ADMISSION_PROTOCOL_ID = "/avi/admission/1.0.0"
+REFUSED_BACKOFF_S = 30.0
+
+
+class _ConnectionGone(Exception):
+    """Internal: the connection closed while we asked for admission."""
 # While a known peer is missing it is redialled at least this often (a failed dial is cheap),
 # so a node rejoins within seconds of the network coming back.
 REDIAL_MAX_S = 2.0
@@ -141,6 +148,8 @@ class AviP2p:
         self._commands = trio.CapacityLimiter(config.command_buffer)
         self._peers: dict[PeerId, str] = {}
         self._known: dict[PeerId, PeerInfo] = {}
+        self._admitting: set[PeerId] = set()
+        self._refused_by: dict[PeerId, tuple[float, str]] = {}  # until when, why
         self._announced: dict[PeerId, None] = {}  # peers reported as PeerDiscovered (ordered set)
         self._dialing: set[PeerId] = set()
         self._sessions: dict[StreamId, AudioSession] = {}
@@ -215,6 +224,7 @@ class AviP2p:
         cfg = self.config
         self._host.get_network().register_notifee(_NetworkEvents(self._net_send))
         self._host.set_stream_handler(PROTOCOL_ID, self._on_incoming_stream)
+        self._host.set_stream_handler(ADMISSION_PROTOCOL_ID, self._on_admission)
         try:
             try:
                 async with self._host.run([listen_multiaddr(cfg.listen_host, cfg.listen_port)]):
@@ -373,21 +383,62 @@ class AviP2p:
                         except Exception as exc:
                             log.debug("closing refused connection: %s", exc)
                     continue
+                if getattr(conn, "is_closed", False):
+                    continue  # closed before we got to it (e.g. refused by the other side)
                 enable_tcp_liveness(conn)
-                if peer not in self._peers:
-                    address = _conn_address(conn)
-                    self._peers[peer] = address
-                    self._remember(peer)
-                    if self._dht is not None:
-                        self._nursery_soon(self._add_to_dht, _peer(conn))
-                    await self._emit(PeerConnected(peer, address))
+                if peer not in self._peers and peer not in self._admitting:
+                    self._admitting.add(peer)
+                    self._nursery_soon(self._admit, conn, peer)
             elif kind == "disconnected":
                 if peer in self._peers and not network.get_connections(_peer(conn)):
-                    del self._peers[peer]
-                    for session in [s for s in self._sessions.values() if s.peer_id == peer]:
-                        self._nursery_soon(session.close, "peer-gone: disconnected")
-                    self._discover_now.set()  # start redialling now, with a short backoff
-                    await self._emit(PeerDisconnected(peer))
+                    await self._lost(peer)
+
+    async def _admit(self, conn: INetConn, peer: PeerId) -> None:
+        """A new connection counts (PeerConnected) once the other side admits us too, so a
+        peer that refuses us (its allow list, its max_peers) never shows as connected."""
+        try:
+            with trio.move_on_after(min(self.config.request_timeout, DIAL_TIMEOUT_S)):
+                refusal = await self._ask_admission(_peer(conn))
+                if refusal is not None:
+                    log.info("%s refused our connection: %s", peer, refusal)
+                    self._refused_by[peer] = (trio.current_time() + REFUSED_BACKOFF_S, refusal)
+                    self._known.pop(peer, None)
+                    with trio.move_on_after(2.0):
+                        try:
+                            await self._host.disconnect(_peer(conn))
+                        except Exception as exc:
+                            log.debug("disconnect %s: %s", peer, exc)
+                    return
+        except _ConnectionGone:
+            return
+        finally:
+            self._admitting.discard(peer)
+        live = [c for c in self._host.get_network().get_connections(_peer(conn))
+                if not getattr(c, "is_closed", False)]
+        if live and peer not in self._peers:
+            self._refused_by.pop(peer, None)
+            address = _conn_address(conn)
+            self._peers[peer] = address
+            self._remember(peer)
+            if self._dht is not None:
+                self._nursery_soon(self._add_to_dht, _peer(conn))
+            await self._emit(PeerConnected(peer, address))
+
+    async def _lost(self, peer: PeerId) -> None:
+        del self._peers[peer]
+        for session in [s for s in self._sessions.values() if s.peer_id == peer]:
+            self._nursery_soon(session.close, "peer-gone: disconnected")
+        self._discover_now.set()  # start redialling now, with a short backoff
+        await self._emit(PeerDisconnected(peer))
+
+    async def _reconcile_peers(self) -> None:
+        """Safety net: a peer we list as connected but have no open connection to is lost (the
+        swarm does not report every close, e.g. one the other side makes during set-up)."""
+        network = self._host.get_network()
+        for peer in list(self._peers):
+            conns = network.get_connections(ID.from_base58(peer))
+            if not any(not getattr(c, "is_closed", False) for c in conns):
+                await self._lost(peer)
 
     def _nursery_soon(self, fn, *args) -> None:  # type: ignore[no-untyped-def]
         if self._nursery is not None:
@@ -452,6 +503,9 @@ class AviP2p:
         peer = PeerId(info.peer_id.to_base58())
         if peer in self._dialing or peer in self._peers or self._may_connect(peer):
             return
+        refused = self._refused_by.get(peer)
+        if refused is not None and refused[0] > trio.current_time():
+            return  # it refused us recently; ask again later
         self._dialing.add(peer)
         try:
             with trio.move_on_after(min(self.config.request_timeout, DIAL_TIMEOUT_S)):
@@ -472,6 +526,7 @@ class AviP2p:
             self._host.get_peerstore().add_addrs(info.peer_id, info.addrs, 3600 * 24)
         delay = 0.5
         while True:
+            await self._reconcile_peers()
             for info in bootstrap:
                 self._remember(PeerId(info.peer_id.to_base58()), info)
             for peer, info in list(self._known.items()):
@@ -527,6 +582,39 @@ class AviP2p:
         log.info("audio stream %x with %s closed: %s", session.stream_id, session.peer_id, reason,
                  extra={"peer": session.peer_id, "stream": f"{session.stream_id:x}"})
         await self._emit(AudioStreamClosed(session.peer_id, session.stream_id, reason))
+
+    async def _on_admission(self, stream: INetStream) -> None:
+        """Answer a dialler's admission question: "ok", or "no: <why>" (allow list, max_peers).
+        Without it a refused dialler only sees its new connection close some time later."""
+        peer = PeerId(stream.muxed_conn.peer_id.to_base58())
+        refusal = self._may_connect(peer)
+        with trio.move_on_after(2.0):
+            try:
+                await stream.write(b"ok" if refusal is None else b"no: " + refusal.encode()[:200])
+                await stream.close()
+            except Exception as exc:  # the connection is going away anyway
+                log.debug("admission answer to %s not sent: %s", peer, exc)
+
+    async def _ask_admission(self, peer_id: ID) -> str | None:
+        """The other side's refusal reason, or None when it admits us (or is a libp2p peer that
+        does not speak the admission protocol). `_ConnectionGone` if the connection closed."""
+        try:
+            stream = await self._host.new_stream(peer_id, [ADMISSION_PROTOCOL_ID])
+            answer = b""
+            while len(answer) < 256:
+                chunk = await read_some(stream, 256)
+                if not chunk:
+                    break
+                answer += chunk
+        except Exception:
+            live = [c for c in self._host.get_network().get_connections(peer_id)
+                    if not getattr(c, "is_closed", False)]
+            if not live:
+                raise _ConnectionGone() from None
+            return None  # connected, but not an avi node: nothing to ask
+        if answer.startswith(b"no: "):
+            return answer[4:].decode(errors="replace")
+        return None
 
     async def _on_incoming_stream(self, stream: INetStream) -> None:
         nursery = self._nursery
@@ -695,13 +783,17 @@ class AviP2pHandle:
             raise NotAllowedError(f"{peer} is not in allowed_peers")
 
         async def go() -> PeerId:
+            node._refused_by.pop(peer, None)  # an explicit dial asks again
             try:
                 forget_failed_dials(node._host, info.peer_id)
                 await node._host.connect(info)
             except Exception as exc:
                 raise DialError(f"dial {address} failed: {exc}") from exc
-            # Wait until the connection is ours (it may be refused for max_peers).
+            # Wait until both sides have admitted the connection (PeerConnected).
             while peer not in node._peers:
+                refused = node._refused_by.get(peer)
+                if refused is not None:
+                    raise DialError(f"{peer} refused the connection: {refused[1]}")
                 if not node._host.get_network().get_connections(info.peer_id):
                     raise DialError(f"{peer} closed the connection (limit or allow list)")
                 await trio.sleep(0.01)
