@@ -54,6 +54,7 @@ ANNOUNCE_FAST_WINDOW_S = 6.0
 ANNOUNCE_MIN_GAP_S = 0.2     # GossipSub penalises more than 10 messages/s per topic
 HOUSEKEEPING_S = 0.25
 CLOSE_TIMEOUT_S = 2.0
+PREROLL_FRAMES = 16          # 320 ms of 20 ms frames kept for streams still being opened
 PLAYOUT_RESYNC_FRAMES = 4    # a playout clock this far behind restarts instead of bursting
 
 
@@ -150,6 +151,8 @@ class Talk:
         self._tx = False
         self._tx_gen = 0
         self._tx_since = 0.0
+        # This press's latest frames, for streams still opening (bounded: PREROLL_FRAMES).
+        self._preroll: deque[tuple[bytes, int]] = deque(maxlen=PREROLL_FRAMES)
         self._stuck = False
         self._nursery: trio.Nursery | None = None
         self._announce_wake = trio.Event()
@@ -272,6 +275,7 @@ class Talk:
         if self._tx or self._stuck:
             return
         self._tx = True
+        self._preroll.clear()
         self._tx_gen += 1
         self._tx_since = trio.current_time()
         self._skipped_peers.clear()
@@ -330,6 +334,16 @@ class Talk:
             return
         entry.stream_id = sid
         self._out_by_sid[sid] = entry.peer
+        # Frames captured while the stream was being opened (a slow or lossy link takes a few
+        # hundred ms): send them now, so the start of the talk is not cut off. The mesh queues
+        # them until the peer accepts, and drops the oldest if the peer is slow.
+        for payload, ts in list(self._preroll):
+            try:
+                await self.handle.send_audio(sid, payload, timestamp_us=ts, codec=self._encoder.id)
+            except AviP2pError as exc:
+                log.debug("pre-roll on %x: %s", sid, exc)
+                break
+            self.frames_sent += 1
 
     async def _close_quietly(self, sid: StreamId) -> None:
         with trio.move_on_after(CLOSE_TIMEOUT_S):
@@ -344,10 +358,11 @@ class Talk:
             if not self._tx:
                 continue
             payload = self._encoder.encode(frame.pcm)
+            self._preroll.append((payload, frame.timestamp_us))
             for entry in list(self._out.values()):
                 sid = entry.stream_id
                 if sid is None:
-                    continue
+                    continue  # still opening: _request sends the pre-roll once it is open
                 try:
                     await self.handle.send_audio(sid, payload, timestamp_us=frame.timestamp_us,
                                                  codec=self._encoder.id)
