@@ -175,6 +175,8 @@ class Service:
         self.restart_needed: list[str] = []
         self.devices: Devices | None = None
         self.devices_open = trio.Event()
+        self._drain_stop: trio.Event | None = None
+        self._drain_done: trio.Event | None = None
         self.node: Any = None  # AviP2p while the mesh runs
         self.handle: Any = None
         self.status: Status | None = None
@@ -302,11 +304,32 @@ class Service:
                     self.devices_open.set()
                     self.changed()
                     try:
+                        await self._keep_capture_drained(source)
                         await trio.sleep_forever()
                     finally:
                         self.devices = None
             await trio.sleep(delay)
             delay = min(delay * 2, 30.0)
+
+    async def _keep_capture_drained(self, source: Any) -> None:
+        """Read (and discard) captured audio until push-to-talk takes the source over, so the
+        capture device does not overrun while the mesh starts (those would count as drops)."""
+        if self.talk_class is None:
+            return  # nobody will read it: its overruns are real and counted
+        self._drain_stop, self._drain_done = trio.Event(), trio.Event()
+        try:
+            while not self._drain_stop.is_set():
+                await source.read()
+        except Exception as exc:  # the device's own fault path reports it
+            log.debug("capture drain ended: %s", exc)
+        finally:
+            self._drain_done.set()
+
+    async def _take_capture(self) -> None:
+        """Stop the drain before push-to-talk reads the source (one reader at a time)."""
+        if self._drain_stop is not None and self._drain_done is not None:
+            self._drain_stop.set()
+            await self._drain_done.wait()
 
     def _device_health(self) -> None:
         d = self.devices
@@ -328,7 +351,12 @@ class Service:
 
     # --- mesh ---------------------------------------------------------------------------------
     async def _mesh_loop(self) -> None:
-        from agent.mesh import AviP2p  # loads py-libp2p (~1 s): after the watchdog is running
+        # py-libp2p takes about 1 s to import: do it on a worker thread, so the event loop (the
+        # watchdog, the capture device being drained) is not blocked meanwhile.
+        import importlib
+
+        await trio.to_thread.run_sync(importlib.import_module, "agent.mesh.node")
+        from agent.mesh import AviP2p
 
         delay = 1.0
         while True:
@@ -413,6 +441,7 @@ class Service:
                 await self.devices_open.wait()
                 continue
             try:
+                await self._take_capture()
                 talk = self.talk_class(self.config, handle, d.source, d.sink, d.button, d.led)
                 async with trio.open_nursery() as n:
                     await n.start(talk.run)

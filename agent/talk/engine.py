@@ -178,11 +178,13 @@ class Talk:
         """Run until cancelled; reports started once subscribed and all tasks are running."""
         if self.sink.format != self.format:
             raise ValueError(f"source format {self.format} differs from sink format {self.sink.format}")
-        await self.handle.subscribe(TOPIC)
         try:
             async with trio.open_nursery() as n:
                 self._nursery = n
+                # Capture first: the source must be read from the moment we take it over, or it
+                # overruns while the subscription below goes round the mesh.
                 n.start_soon(self._capture_loop)
+                await self.handle.subscribe(TOPIC)
                 n.start_soon(self._button_loop)
                 n.start_soon(self._playout_loop)
                 n.start_soon(self._sink_loop)
