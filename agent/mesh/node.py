@@ -26,9 +26,9 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from . import audio_protocol as ap
 from .audio_session import AudioSession, Direction, StreamStats
-from .compat import (DeliveringPubsub, all_loopback, check_port_free, close_host, enable_tcp_liveness,
-                     forget_failed_dials,
-                     gossip_router, listen_multiaddr, read_some, secure_host)
+from .compat import (STREAM_ERRORS, DeliveringPubsub, all_loopback, check_port_free, close_host,
+                     enable_tcp_liveness, forget_failed_dials, gossip_router, listen_multiaddr,
+                     read_some, secure_host)
 from .config import AviP2pConfig
 from .errors import (AviP2pError, DialError, LimitError, NotAllowedError, NotRunningError,
                      ProtocolError, PubSubError, TimeoutError, UnknownPeerError, UnknownStreamError)
@@ -364,7 +364,9 @@ class AviP2p:
         """Why `peer` may not be connected to us, or None."""
         if self._allowed and peer not in self._allowed:
             return "not in allowed_peers"
-        if peer not in self._peers and len(self._peers) >= self.config.max_peers:
+        # Peers still being admitted count too, or two newcomers could both take the last slot.
+        others = len(self._peers) + len(self._admitting - {peer})
+        if peer not in self._peers and others >= self.config.max_peers:
             return f"max_peers ({self.config.max_peers}) reached"
         return None
 
@@ -398,11 +400,12 @@ class AviP2p:
         peer that refuses us (its allow list, its max_peers) never shows as connected."""
         try:
             with trio.move_on_after(min(self.config.request_timeout, DIAL_TIMEOUT_S)):
-                refusal = await self._ask_admission(_peer(conn))
+                refusal = await self._ask_admission(conn)
                 if refusal is not None:
                     log.info("%s refused our connection: %s", peer, refusal)
                     self._refused_by[peer] = (trio.current_time() + REFUSED_BACKOFF_S, refusal)
                     self._known.pop(peer, None)
+                    self._discover_now.set()  # reconcile our peer list at once
                     with trio.move_on_after(2.0):
                         try:
                             await self._host.disconnect(_peer(conn))
@@ -595,11 +598,11 @@ class AviP2p:
             except Exception as exc:  # the connection is going away anyway
                 log.debug("admission answer to %s not sent: %s", peer, exc)
 
-    async def _ask_admission(self, peer_id: ID) -> str | None:
+    async def _ask_admission(self, conn: INetConn) -> str | None:
         """The other side's refusal reason, or None when it admits us (or is a libp2p peer that
-        does not speak the admission protocol). `_ConnectionGone` if the connection closed."""
+        does not speak the admission protocol). `_ConnectionGone` if `conn` closed meanwhile."""
         try:
-            stream = await self._host.new_stream(peer_id, [ADMISSION_PROTOCOL_ID])
+            stream = await self._host.new_stream(_peer(conn), [ADMISSION_PROTOCOL_ID])
             answer = b""
             while len(answer) < 256:
                 chunk = await read_some(stream, 256)
@@ -607,9 +610,10 @@ class AviP2p:
                     break
                 answer += chunk
         except Exception:
-            live = [c for c in self._host.get_network().get_connections(peer_id)
-                    if not getattr(c, "is_closed", False)]
-            if not live:
+            # Judge by this connection, not by the peer: another connection that is still being
+            # set up (py-libp2p's pub/sub redials on its own) must not pass for an admission.
+            await trio.sleep(0.05)  # let a close that raced the question land
+            if getattr(conn, "is_closed", False) or getattr(conn.muxed_conn, "is_closed", False):
                 raise _ConnectionGone() from None
             return None  # connected, but not an avi node: nothing to ask
         if answer.startswith(b"no: "):
@@ -639,7 +643,7 @@ class AviP2p:
                     for ev in conn.receive_data(data):
                         if isinstance(ev, ap.StreamRequested):
                             request = ev
-            except (ap.RemoteProtocolError, *ap_stream_errors()) as exc:
+            except (ap.RemoteProtocolError, *STREAM_ERRORS) as exc:
                 log.info("bad audio stream request from %s: %s", peer, exc)
         if request is None:
             with trio.move_on_after(1.0):
@@ -688,12 +692,6 @@ class AviP2p:
             connections_refused=self._refused,
             streams=sessions,
         )
-
-
-def ap_stream_errors() -> tuple[type[BaseException], ...]:
-    from .compat import STREAM_ERRORS
-
-    return STREAM_ERRORS
 
 
 class AviP2pHandle:
