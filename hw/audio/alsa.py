@@ -19,12 +19,12 @@ import errno
 import logging
 import time
 from collections.abc import Callable
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import trio
 
-from hw.audio.base import AudioFormat, AudioFrame, AudioStats, DeviceState, monotonic_us
+from hw.audio.base import (AudioFormat, AudioFrame, AudioStats, DeviceState, OpenCloseContext,
+                           monotonic_us)
 from hw.audio.errors import (
     AudioDeviceError,
     DeviceClosedError,
@@ -74,7 +74,7 @@ class _RateLimitedLog:
             log.log(level, msg, *args)
 
 
-class _AlsaDevice:
+class _AlsaDevice(OpenCloseContext):
     _capture: bool = False
 
     def __init__(
@@ -140,18 +140,6 @@ class _AlsaDevice:
             if pcm is not None:
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(self._close_blocking, pcm, not self._capture)
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     # -- blocking helpers (worker thread) ---------------------------------------------
     def _open_blocking(self) -> Any:

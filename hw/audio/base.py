@@ -102,6 +102,22 @@ class AudioStats:
     state: DeviceState = "closed"
 
 
+class OpenCloseContext:
+    """`async with device:` for the devices here, which define `open()` and `aclose()`."""
+
+    async def __aenter__(self) -> Self:
+        await self.open()  # type: ignore[attr-defined]
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()  # type: ignore[attr-defined]
+
+
 @runtime_checkable
 class AudioSource(Protocol):
     """Something that captures audio: a microphone, a WAV file, a tone."""

@@ -17,12 +17,11 @@ import wave
 from array import array
 from collections.abc import Iterable
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import trio
 
-from hw.audio.base import AudioFormat, AudioFrame, AudioStats, DeviceState, monotonic_us
+from hw.audio.base import (AudioFormat, AudioFrame, AudioStats, DeviceState, OpenCloseContext,
+                           monotonic_us)
 from hw.audio.errors import AudioDeviceError, DeviceClosedError, FormatNotSupportedError
 
 __all__ = [
@@ -69,7 +68,7 @@ class _Counters:
         return AudioStats(frames=self.frames, xruns=self.xruns, dropped=self.dropped, state=self.state)
 
 
-class _PacedSource:
+class _PacedSource(OpenCloseContext):
     """Real-time pacing, overrun simulation and injection shared by the fake sources."""
 
     kind = "fake"
@@ -107,18 +106,6 @@ class _PacedSource:
 
     async def aclose(self) -> None:
         self._c.state = "closed"
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def stats(self) -> AudioStats:
         return self._c.snapshot()
@@ -273,7 +260,7 @@ class WavSource(_PacedSource):
         return self._pcm[index * fb : (index + 1) * fb]
 
 
-class _PacedSink:
+class _PacedSink(OpenCloseContext):
     """Real-time consumption, underrun simulation and injection shared by the fake sinks."""
 
     def __init__(
@@ -313,18 +300,6 @@ class _PacedSink:
         finally:
             with trio.CancelScope(shield=True):
                 await self._finish()
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def stats(self) -> AudioStats:
         return self._c.snapshot()
