@@ -20,7 +20,7 @@ import trio
 from agent.config import AgentConfig
 from agent.mesh.errors import AviP2pError
 from agent.mesh.events import Message
-from agent.status import FleetEntry, FleetView, entry_json
+from agent.status import FleetEntry, FleetView, entry_json, fake_devices
 
 __all__ = ["Monitor", "render_table"]
 
@@ -48,7 +48,7 @@ def render_table(entries: list[FleetEntry], now: float, header: str = "") -> lis
     rows = [("NAME", "PEER", "STATE", "PEERS", "STREAMS", "TEMP", "LAST SEEN", "ERROR")]
     for e in entries:
         s = e.status
-        state = "stale" if e.stale else s.state
+        state = ", ".join(["stale" if e.stale else s.state, *fake_devices(s.backends)])
         temp = f"{s.temp_c:.1f}°C" if s.temp_c is not None else "-"
         err = (s.last_error or "")[:40]
         rows.append((s.node, _short_peer(s.peer_id), state, str(s.peers),

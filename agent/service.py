@@ -38,7 +38,7 @@ from agent.mesh.errors import ConfigError as MeshConfigError
 from agent.mesh.events import (AudioData, AudioStreamAccepted, AudioStreamClosed, AudioStreamRequested,
                                Event, Message, PeerConnected, PeerDisconnected, PeerDiscovered, Started)
 from agent.sdnotify import Notifier, run_watchdog
-from agent.status import LocalFigures, Status
+from agent.status import LocalFigures, Status, fake_devices
 from hw.config import open_audio_sink, open_audio_source, open_button, open_led
 
 __all__ = ["Service", "Devices", "Faults", "TalkLike", "load_talk_class", "EX_OK"]
@@ -197,6 +197,11 @@ class Service:
         log.info("avi-agent starting: node %s, config %s", self.config.node.name,
                  self.config_path or "(defaults)", extra={"node": self.config.node.name})
         log.info(self._talk_note)
+        fakes = fake_devices(self.backends())
+        if fakes:
+            log.warning("running with %s: simulated devices record nothing, play nothing and have no "
+                        "button (set [audio] backend = \"alsa\" and [gpio] backend = \"rpi\" in %s for "
+                        "a real node)", " and ".join(fakes), self.config_path or "the config")
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
                 self._root = nursery
@@ -548,7 +553,10 @@ class Service:
                             cpu_load=load_average(), process_cpu=self._cpu.sample(),
                             temp_c=soc_temperature(), talk=self.talk is not None,
                             frames_late=late, latency_p50_ms=p50, latency_p99_ms=p99,
-                            last_error=self.faults.last_error)
+                            last_error=self.faults.last_error, backends=self.backends())
+
+    def backends(self) -> dict[str, str]:
+        return {"audio": self.config.audio.backend, "gpio": self.config.gpio.backend}
 
     def status_line(self) -> str:
         """One line for ``systemctl status``: phase, peers, fleet, streams, talk, errors."""
@@ -563,6 +571,7 @@ class Service:
                 parts.append(f"{fs.rejected} bad status msgs")
         parts.append(f"streams {s_in} in/{s_out} out")
         parts.append("talk on" if self.talk is not None else "talk off")
+        parts.extend(fake_devices(self.backends()))
         if self.restart_needed:
             parts.append("restart needed for " + ", ".join(self.restart_needed[:4])
                          + (" ..." if len(self.restart_needed) > 4 else ""))

@@ -29,7 +29,7 @@ from agent.mesh.errors import AviP2pError
 from agent.mesh.events import Message
 
 __all__ = ["STATUS_VERSION", "StatusMessage", "StatusRejected", "encode_status", "decode_status",
-           "FleetEntry", "FleetStats", "FleetView", "Status", "MAX_LISTED_PEERS"]
+           "FleetEntry", "FleetStats", "FleetView", "Status", "MAX_LISTED_PEERS", "fake_devices"]
 
 log = logging.getLogger("agent.status")
 
@@ -73,6 +73,14 @@ class StatusMessage(BaseModel):
     latency_p99_ms: float | None = Field(None, ge=0)
     status_rejected: int = Field(0, ge=0, description="peers' status messages we dropped")
     last_error: str | None = Field(None, max_length=MAX_ERROR_CHARS)
+    backends: dict[str, str] = Field(default_factory=dict, max_length=4,
+                                     description='device backends, e.g. {"audio": "alsa", "gpio": "fake"}')
+
+
+def fake_devices(backends: Mapping[str, str]) -> list[str]:
+    """``["fake audio", "fake gpio"]`` for the simulated device backends a node runs (in that
+    order): a node that shows these records nothing, plays nothing or ignores its button."""
+    return [f"fake {area}" for area in ("audio", "gpio") if backends.get(area) == "fake"]
 
 
 class StatusRejected(ValueError):
@@ -280,6 +288,7 @@ class LocalFigures:
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None
     last_error: str | None = None
+    backends: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -341,7 +350,8 @@ class Status:
             frames_sent=f.frames_sent, frames_received=f.frames_received, xruns=f.xruns,
             drops=f.drops, cpu_load=f.cpu_load, process_cpu=f.process_cpu, temp_c=f.temp_c,
             talk=f.talk, frames_late=f.frames_late, latency_p50_ms=_ms(f.latency_p50_ms),
-            latency_p99_ms=_ms(f.latency_p99_ms), status_rejected=self.view.rejected, last_error=err)
+            latency_p99_ms=_ms(f.latency_p99_ms), status_rejected=self.view.rejected, last_error=err,
+            backends={k: str(v)[:16] for k, v in list(f.backends.items())[:4]})
 
     @staticmethod
     def _change_key(m: StatusMessage) -> tuple[Any, ...]:

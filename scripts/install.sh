@@ -6,9 +6,10 @@
 #
 # What it does (each step only when something is missing or different, so a second run changes
 # nothing and says "nothing to do"):
-#   1. apt packages: alsa-utils libasound2 python3-venv, and what pyalsaaudio / systemd-python
-#      build against (libasound2-dev libsystemd-dev python3-dev gcc pkg-config); on a Pi 5 also
-#      liblgpio-dev + swig (rpi-lgpio).
+#   1. apt packages: alsa-utils libasound2 python3-venv ca-certificates, and what the Python
+#      packages without an arm64 wheel build against: fastecdsa (libgmp-dev), pyalsaaudio
+#      (libasound2-dev), systemd-python (libsystemd-dev pkg-config), all with python3-dev gcc;
+#      on a Pi 5 also liblgpio-dev + swig (rpi-lgpio).
 #   2. the `avi` system user (home /var/lib/avi-agent, no login) in the audio and gpio groups
 #      (the gpio group is created when the OS has none).
 #   3. a venv in /opt/avi-agent/venv with the project installed, extras alsa,systemd (+ rpi on a
@@ -182,7 +183,10 @@ uninstall() {
 # ==============================================================================================
 apt_packages() {
     STEP="apt packages"
-    local pkgs=(alsa-utils libasound2 libasound2-dev python3-venv python3-dev gcc pkg-config libsystemd-dev)
+    # Build dependencies of the sdists that have no arm64/armhf wheel on PyPI: fastecdsa (pinned by
+    # py-libp2p; links gmp), pyalsaaudio (alsa), systemd-python (libsystemd), RPi.GPIO (gcc);
+    # python-baseconv and varint are pure Python. ca-certificates: pip reaches PyPI over TLS.
+    local pkgs=(alsa-utils libasound2 libasound2-dev python3-venv python3-dev gcc pkg-config libsystemd-dev libgmp-dev ca-certificates)
     [ "$BOARD" != pi5 ] || pkgs+=(liblgpio-dev swig)
     if [ -n "$ROOT" ]; then
         skip "apt-get install ${pkgs[*]}"

@@ -120,3 +120,8 @@ def test_render_table() -> None:
     t[0] += 6
     assert render_table(view.entries(), t[0])[1].split()[2] == "stale"
     assert render_table([], t[0])[-1] == "(no status heard yet)"
+    # A node on simulated devices says so in its state.
+    view.receive(peer, encode_status(StatusMessage(node="pi-kitchen", peer_id=peer, version="0.1.0", seq=1,
+                                                   uptime_s=4.0, state="ok", peers=2,
+                                                   backends={"audio": "fake", "gpio": "rpi"})))
+    assert "ok, fake audio" in render_table(view.entries(), t[0])[1]

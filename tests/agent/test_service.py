@@ -225,6 +225,8 @@ def test_notify_sequence_and_sigterm(tmp_path: Path, notify_socket: NotifySocket
     # A readable STATUS= line once ready, and watchdog pings from the loop (every 0.5 s).
     _, st = notify_socket.wait_for(lambda d: d.startswith("STATUS=pi-a ready"), after=i_ready)
     assert "0 peers" in st.data and "streams 0 in/0 out" in st.data and "no errors" in st.data
+    assert "fake audio; fake gpio" in st.data  # simulated devices are never silent about it
+    agent.wait_log(r"WARNING +service: running with fake audio and fake gpio", timeout=5)
     i_wd, _ = notify_socket.wait_for(lambda d: d == "WATCHDOG=1", after=i_ready)
     notify_socket.wait_for(lambda d: d == "WATCHDOG=1", after=i_wd + 1, timeout=5)
     assert all(d.pid == agent.pid for d in notify_socket.got), "sd_notify must come from the main pid"

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from agent.config import StatusConfig
 from agent.status import (MAX_LISTED_PEERS, FleetView, LocalFigures, Status, StatusMessage, StatusRejected,
-                          decode_status, encode_status)
+                          decode_status, encode_status, fake_devices)
 from tests.agent.test_service import AgentProc, write_config
 
 PEER_A = "12D3KooWAarzhoLWpQDaDBzTEWRCN5u6NWPD34WvsXtm2TgzxFLP"
@@ -38,6 +38,17 @@ def test_round_trip_and_version_field() -> None:
     data = encode_status(m)
     assert json.loads(data)["v"] == 1
     assert decode_status(data, PEER_A, 4096) == m
+
+
+def test_backends_field_names_fake_devices() -> None:
+    m = msg(backends={"audio": "alsa", "gpio": "fake"})
+    assert decode_status(encode_status(m), PEER_A, 4096).backends == {"audio": "alsa", "gpio": "fake"}
+    assert fake_devices(m.backends) == ["fake gpio"]
+    assert fake_devices({"audio": "fake", "gpio": "fake"}) == ["fake audio", "fake gpio"]
+    assert fake_devices(msg().backends) == []  # a node of an older v1 sends none
+    with pytest.raises(StatusRejected):  # bounded like every other field
+        decode_status(json.dumps({**json.loads(encode_status(m)),
+                                  "backends": {str(i): "x" for i in range(9)}}).encode(), PEER_A, 4096)
 
 
 @pytest.mark.parametrize("data,kind", [
