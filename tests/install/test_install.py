@@ -69,7 +69,7 @@ def test_installs_venv_config_unit_and_user(installed: tuple[Path, str, Path]) -
     assert subprocess.run(["getent", "passwd", "avi"], capture_output=True).returncode != 0
     assert not Path("/opt/avi-agent").exists()
 
-    assert "skipped (--root): apt-get install" in out and "libasound2-dev" in out
+    assert "skipped (--root): apt-get install" in out and "libasound2-dev" in out and "libgmp-dev" in out
     assert "steps skipped because of --root" in out
 
 
