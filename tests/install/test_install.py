@@ -10,6 +10,7 @@ import os
 import shutil
 import stat
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -127,9 +128,20 @@ def test_usage_errors_say_what_to_do(tmp_path: Path, args: list[str], expect: st
 def test_without_root_privileges_it_refuses(tmp_path: Path) -> None:
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root and setpriv to drop to an unprivileged user")
-    p = run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-             "bash", str(INSTALL)], check=False)
-    assert p.returncode == 1
+    # The unprivileged user must be able to read the script wherever the checkout lives (a
+    # clone inside a 0700 `mktemp -d` directory is not readable by it): run a copy from a
+    # directory of its own under /tmp, readable by everyone.
+    public = Path(tempfile.mkdtemp(prefix="avi-install-test-", dir="/tmp"))
+    try:
+        public.chmod(0o755)
+        script = public / "install.sh"
+        shutil.copyfile(INSTALL, script)
+        script.chmod(0o644)
+        p = run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                 "bash", str(script)], check=False, cwd=public)
+    finally:
+        shutil.rmtree(public)
+    assert p.returncode == 1, (p.returncode, p.stderr)
     assert "must run as root" in p.stderr and "what to do: run: sudo" in p.stderr
 
 

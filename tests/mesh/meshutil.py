@@ -72,6 +72,15 @@ async def nodes(n: int, **overrides: Any) -> AsyncIterator[list[Node]]:
             nursery.cancel_scope.cancel()
 
 
+async def until_connected(n: Node, peer: str, timeout: float = 10.0) -> None:
+    """Wait until `n` lists `peer` as connected. Each side admits a new connection on its own
+    (admission protocol), so the dialler's `dial()` may return before the other side lists it,
+    and a plain libp2p peer is listed once its admission question failed."""
+    with trio.fail_after(timeout):
+        while peer not in n.h.connected_peers():
+            await trio.sleep(0.02)
+
+
 async def connect(a: Node, b: Node) -> None:
     await a.h.dial(b.addr)
 

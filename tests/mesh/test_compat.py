@@ -29,7 +29,7 @@ from libp2p.pubsub.rpc_queue import RpcQueue
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
 
 from agent.mesh import compat
-from tests.mesh.meshutil import nodes
+from tests.mesh.meshutil import nodes, until_connected
 
 LISTEN = multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")
 
@@ -100,6 +100,7 @@ async def test_workaround_node_refuses_a_plaintext_only_dialer_and_stays_up():
         assert a.h.connected_peers() == []
         # The node is still up: a Noise peer connects and a message goes through.
         await b.h.dial(a.addr)
+        await until_connected(a, b.peer_id)
         assert a.h.connected_peers() == [b.peer_id]
 
 
