@@ -3,6 +3,7 @@ against it (scripts/firstboot.sh --root), including a power cut in the middle.""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import stat
@@ -164,6 +165,24 @@ def _firstboot(boot: Path, root: Path, *extra: str) -> list[str]:
     return ["bash", str(boot / "avi/src/scripts/firstboot.sh"), "--root", str(root), "--boot", str(boot), *extra]
 
 
+def _wait_until_unlocked(lock: Path, timeout: float = 60.0) -> None:
+    """A power cut stops every process at once; SIGKILL to the group does not: on a busy machine a
+    killed pip child can take seconds to exit and still holds firstboot.sh's lock (fd 9), and the
+    next boot would then rightly say "another firstboot.sh is running". Wait for the lock to be
+    free (up to 60 s) so the test models a real power cut."""
+    deadline = time.monotonic() + timeout
+    with open(lock, "a") as f:
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                assert time.monotonic() < deadline, f"{lock} still held {timeout} s after the power cut"
+                time.sleep(0.1)
+            else:
+                fcntl.flock(f, fcntl.LOCK_UN)
+                return
+
+
 @pytest.mark.slow
 def test_first_boot_applies_the_card_and_survives_a_power_cut(tmp_path: Path) -> None:
     """Hook stage, then the run stage killed (SIGKILL, like a power cut) while install.sh is
@@ -196,6 +215,7 @@ def test_first_boot_applies_the_card_and_survives_a_power_cut(tmp_path: Path) ->
     time.sleep(2.0)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
+    _wait_until_unlocked(state / "lock")
     assert any("installing avi-agent[" in l for l in seen), "".join(seen)
     assert (state / "config.done").exists() and not (state / "install.done").exists()
     assert (boot / "avi/identity.key").exists(), "the key stays on the card until it is installed"
