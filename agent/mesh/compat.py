@@ -38,6 +38,14 @@ that fixes one makes its test fail, and the workaround can then be deleted.
     after a restart cannot be reached for a minute. Our dials are already paced by the node's
     own redial loop, so the cache is cleared before each one.
 11. `stream.read()` raises `StreamEOF` (not `b""`) when the other side closes (`read_some`).
+12. A WARNING per published message for every connected peer not subscribed to its topic
+    (`_QuietGossipSub`): GossipSub queues each message for every connected pub/sub peer that
+    is not (yet) in the topic, "until it subscribes", up to 100 per peer for 30 s, and logs
+    "pending message queue ... exceeded limit (101 > 100)" each time it trims. A peer that
+    never subscribes to that topic (a monitor listens to status only) makes every node log a
+    line per message, forever. The queue covers the subscription race of a new connection,
+    which lasts about a second: we keep it, shorter (`PENDING_TTL_S`, `PENDING_MAX`), trimmed
+    silently.
 """
 
 from __future__ import annotations
@@ -124,9 +132,28 @@ def _disable_auto_connector(host: IHost) -> None:
         connector.maybe_connect = maybe_connect
 
 
+PENDING_TTL_S = 5.0
+PENDING_MAX = 32
+
+
+class _QuietGossipSub(GossipSub):
+    """GossipSub whose per-peer "until it subscribes" queue is trimmed without a warning."""
+
+    pending_trimmed = 0
+
+    def _prune_pending_messages(self, peer_id) -> None:  # type: ignore[no-untyped-def]
+        queue = self._pending_messages.get(peer_id)
+        if queue is not None and len(queue) > self._max_pending_messages_per_peer:
+            self.pending_trimmed += len(queue) - self._max_pending_messages_per_peer
+            del queue[: len(queue) - self._max_pending_messages_per_peer]
+        super()._prune_pending_messages(peer_id)
+
+
 def gossip_router(*, heartbeat: float, rate_limit: int, all_on_loopback: bool) -> GossipSub:
     """GossipSub with a usable heartbeat and a spam limit that admits the node's promised rate."""
-    return GossipSub(
+    return _QuietGossipSub(
+        max_pending_messages_per_peer=PENDING_MAX,
+        pending_messages_ttl=PENDING_TTL_S,
         protocols=[GOSSIPSUB_PROTOCOL_ID],
         degree=6,
         degree_low=4,

@@ -17,7 +17,10 @@ class AviP2pConfig(BaseModel):
     bootstrap_peers: list[str] = Field(
         default_factory=list, max_length=64,
         description="multiaddrs with a /p2p/<peer id> part, e.g. /ip4/10.0.0.2/tcp/4001/p2p/12D3KooW...")
-    max_peers: int = Field(32, ge=1, le=1024)
+    # Bounded degree: the node dials peers until it has `target_peers` connections and admits
+    # peers that dial it up to `max_peers` (the hard cap), not one connection per peer it knows.
+    max_peers: int = Field(24, ge=1, le=1024)
+    target_peers: int = Field(8, ge=1, le=1024, description="capped at max_peers")
     max_audio_streams: int = Field(8, ge=1, le=64)
     enable_mdns: bool = True
     enable_kad: bool = True
@@ -64,6 +67,11 @@ class AviP2pConfig(BaseModel):
             except Exception:
                 raise ValueError(f"not a peer id: {p!r}") from None
         return v
+
+    @property
+    def dial_target(self) -> int:
+        """Connections the node dials towards: target_peers, never above max_peers."""
+        return min(self.target_peers, self.max_peers)
 
     @model_validator(mode="after")
     def _check_liveness(self) -> AviP2pConfig:

@@ -7,6 +7,7 @@ Everything runs in one trio nursery that `AviP2p.start()` opens; leaving the blo
 from __future__ import annotations
 
 import logging
+import random
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -37,6 +38,7 @@ from .events import (AudioData, AudioStreamClosed, AudioStreamRequested, Event, 
                      PeerConnected, PeerDisconnected, PeerDiscovered, PeerId, Started, StreamId)
 from .frames import PROTOCOL_ID
 from .identity import load_or_create_identity
+from .peering import choose_dials, dial_budget
 
 log = logging.getLogger("agent.mesh")
 
@@ -152,6 +154,7 @@ class AviP2p:
         self._refused_by: dict[PeerId, tuple[float, str]] = {}  # until when, why
         self._announced: dict[PeerId, None] = {}  # peers reported as PeerDiscovered (ordered set)
         self._dialing: set[PeerId] = set()
+        self._rng = random.Random()
         self._sessions: dict[StreamId, AudioSession] = {}
         self._topics: set[str] = set()
         self._nursery: trio.Nursery | None = None
@@ -499,17 +502,52 @@ class AviP2p:
                 while len(self._announced) > self.config.max_peers * MAX_KNOWN_PEERS_FACTOR:
                     self._announced.pop(next(iter(self._announced)))
                 await self._emit(PeerDiscovered(peer))
-            if peer not in self._peers:
-                self._nursery_soon(self._dial_quietly, info)
+            if peer not in self._peers and dial_budget(len(self._peers), len(self._dialing),
+                                                       self.config.dial_target) > 0:
+                self._dial_quietly(info)
 
-    async def _dial_quietly(self, info: PeerInfo) -> None:
+    def _dial_quietly(self, info: PeerInfo) -> None:
+        """Start a dial in the background (counted in `_dialing` at once, so the dial budget
+        sees it before the task runs); failures are only logged at debug."""
         peer = PeerId(info.peer_id.to_base58())
-        if peer in self._dialing or peer in self._peers or self._may_connect(peer):
+        if peer in self._dialing or peer in self._peers or self._may_connect(peer) or self._nursery is None:
             return
         refused = self._refused_by.get(peer)
         if refused is not None and refused[0] > trio.current_time():
             return  # it refused us recently; ask again later
         self._dialing.add(peer)
+        self._nursery.start_soon(self._dial_task, peer, info)
+
+    async def _connect(self, peer: PeerId, info: PeerInfo, what: str) -> None:
+        """Connect to `peer` and wait until both sides admitted the connection (PeerConnected);
+        DialError with the reason otherwise."""
+        self._refused_by.pop(peer, None)  # an explicit connect asks again
+        try:
+            forget_failed_dials(self._host, info.peer_id)
+            await self._host.connect(info)
+        except Exception as exc:
+            raise DialError(f"dial {what} failed: {exc}") from exc
+        while peer not in self._peers:
+            refused = self._refused_by.get(peer)
+            if refused is not None:
+                raise DialError(f"{peer} refused the connection: {refused[1]}")
+            if not self._host.get_network().get_connections(info.peer_id):
+                raise DialError(f"{peer} closed the connection (limit or allow list)")
+            await trio.sleep(0.01)
+
+    def _addresses_of(self, peer: PeerId) -> PeerInfo | None:
+        """What we know of where `peer` listens (discovery, identify, the DHT), or None."""
+        info = self._known.get(peer)
+        if info is not None and info.addrs:
+            return info
+        pid = ID.from_base58(peer)
+        try:
+            addrs = self._host.get_peerstore().addrs(pid)
+        except Exception:  # PeerStoreError: nothing known
+            return None
+        return PeerInfo(pid, addrs) if addrs else None
+
+    async def _dial_task(self, peer: PeerId, info: PeerInfo) -> None:
         try:
             with trio.move_on_after(min(self.config.request_timeout, DIAL_TIMEOUT_S)):
                 forget_failed_dials(self._host, info.peer_id)
@@ -532,10 +570,16 @@ class AviP2p:
             await self._reconcile_peers()
             for info in bootstrap:
                 self._remember(PeerId(info.peer_id.to_base58()), info)
-            for peer, info in list(self._known.items()):
-                if peer not in self._peers and len(self._peers) < self.config.max_peers:
-                    self._nursery_soon(self._dial_quietly, info)
-            if self._dht is not None and self._peers:
+            boot = {PeerId(i.peer_id.to_base58()) for i in bootstrap}
+            now = trio.current_time()
+            candidates = [p for p in self._known
+                          if p not in self._refused_by or self._refused_by[p][0] <= now]
+            for peer in choose_dials(candidates, self._peers, self._dialing, self.config.dial_target,
+                                     self._rng, always=boot):
+                self._dial_quietly(self._known[peer])
+            short = len(self._peers) < self.config.dial_target
+            # Kademlia rounds only while short of peers: at full degree they only cost traffic.
+            if self._dht is not None and self._peers and short:
                 await self._dht_round()
             with trio.move_on_after(delay):
                 await self._discover_now.wait()
@@ -543,7 +587,7 @@ class AviP2p:
                 self._discover_now = trio.Event()
                 delay = 0.5
             else:
-                missing = any(p not in self._peers for p in self._known)
+                missing = len(self._peers) < min(self.config.dial_target, len(self._known))
                 cap = min(REDIAL_MAX_S, self.config.discovery_interval) if missing \
                     else self.config.discovery_interval
                 delay = min(delay * 2, cap)
@@ -781,20 +825,7 @@ class AviP2pHandle:
             raise NotAllowedError(f"{peer} is not in allowed_peers")
 
         async def go() -> PeerId:
-            node._refused_by.pop(peer, None)  # an explicit dial asks again
-            try:
-                forget_failed_dials(node._host, info.peer_id)
-                await node._host.connect(info)
-            except Exception as exc:
-                raise DialError(f"dial {address} failed: {exc}") from exc
-            # Wait until both sides have admitted the connection (PeerConnected).
-            while peer not in node._peers:
-                refused = node._refused_by.get(peer)
-                if refused is not None:
-                    raise DialError(f"{peer} refused the connection: {refused[1]}")
-                if not node._host.get_network().get_connections(info.peer_id):
-                    raise DialError(f"{peer} closed the connection (limit or allow list)")
-                await trio.sleep(0.01)
+            await node._connect(peer, info, address)
             node._remember(peer, info)  # only now: a peer that refuses us is not redialled
             return peer
         return await self._call("dial", go)
@@ -810,12 +841,22 @@ class AviP2pHandle:
         oldest); acceptance arrives as `AudioStreamAccepted`, refusal as `AudioStreamClosed`."""
         node = self._node
         node._require_running()
+        info = None
         if peer not in node._peers:
-            raise UnknownPeerError(f"{peer} is not connected")
+            # Bounded degree: a peer we are not connected to is connected on demand, if its
+            # addresses are known (discovery, identify, DHT).
+            info = node._addresses_of(peer) if peer != node.local_peer_id else None
+            if info is None or (node._allowed and peer not in node._allowed):
+                raise UnknownPeerError(f"{peer} is not connected and its address is not known")
         if len(node._sessions) >= node.config.max_audio_streams:
             raise LimitError(f"max_audio_streams ({node.config.max_audio_streams}) reached")
 
         async def go() -> StreamId:
+            if info is not None and peer not in node._peers:
+                try:
+                    await node._connect(peer, info, peer)
+                except DialError as exc:
+                    raise UnknownPeerError(f"{peer} is not connected, and connecting failed: {exc}") from None
             try:
                 stream = await node._host.new_stream(ID.from_base58(peer), [PROTOCOL_ID])
             except Exception as exc:

@@ -335,3 +335,31 @@ async def test_inbound_connections_leave_a_task_each(patched):
             assert left <= 0
         else:
             assert left >= 5, "py-libp2p now ends its inbound handler with the connection"
+
+
+def _pending(router: GossipSub, n: int) -> ID:
+    peer = ID(b"\x00\x24" + bytes(36))
+    now = __import__("time").time()
+    router._pending_messages[peer] = [(now, rpc_pb2.RPC()) for _ in range(n)]
+    return peer
+
+
+def test_defect_gossipsub_warns_each_time_it_trims_a_peers_pending_queue(caplog):
+    """Every message published while a connected peer is not in its topic is queued for that
+    peer; past 100 each new one logs a WARNING (a peer that never subscribes: one per message)."""
+    router = GossipSub(protocols=[GOSSIPSUB_PROTOCOL_ID], degree=6, degree_low=4, degree_high=12)
+    peer = _pending(router, 101)
+    with caplog.at_level("WARNING", logger="libp2p.pubsub.gossipsub"):
+        router._prune_pending_messages(peer)
+    assert any("exceeded limit" in r.getMessage() for r in caplog.records)
+    assert router._max_pending_messages_per_peer == 100 and router._pending_messages_ttl == 30.0
+
+
+def test_workaround_quiet_router_trims_silently_and_counts(caplog):
+    router = compat.gossip_router(heartbeat=1.0, rate_limit=200, all_on_loopback=True)
+    peer = _pending(router, compat.PENDING_MAX + 5)
+    with caplog.at_level("DEBUG", logger="libp2p.pubsub.gossipsub"):
+        router._prune_pending_messages(peer)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(router._pending_messages[peer]) == compat.PENDING_MAX
+    assert router.pending_trimmed == 5
