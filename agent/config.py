@@ -80,6 +80,7 @@ class TalkConfig(_Section):
     jitter_target_ms: int = Field(40, ge=10, le=500)
     jitter_max_ms: int = Field(200, ge=20, le=2000)
     max_streams: int = Field(4, ge=1, le=64, description="incoming streams mixed at once")
+    relay_fanout: int = Field(4, ge=1, le=32, description="streams a talker (or a relay) sends at most")
     max_talk_s: float = Field(120.0, gt=0.0, le=3600.0,
                               description="a stuck button stops transmitting after this")
 

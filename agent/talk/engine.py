@@ -5,8 +5,12 @@ Tasks (one nursery, all started by `run`):
 - **capture**: reads the source all the time (a microphone that is not read overruns), and
   while the button is held encodes each frame once and queues it on every outgoing stream
   with its capture timestamp (`send_audio` never waits for the network).
-- **button**: pressed opens a stream to every connected peer of the current talk group (at
-  most ``talk.max_streams``); released closes them. A stuck button stops after ``max_talk_s``.
+- **button**: pressed plans a relay tree over the members of the current talk group
+  (`relay.py`), publishes it, and opens a stream to the talker's children in it (at most
+  ``talk.relay_fanout``); released closes them. A stuck button stops after ``max_talk_s``.
+- **relaying**: a node that receives a stream from its parent in a plan forwards every frame,
+  unchanged, to its own children of that plan (connecting on demand), so each member hears
+  the talker once and no node sends more than ``relay_fanout`` copies of a frame.
 - **playout**: every frame period pops each incoming stream's jitter buffer, decodes or
   conceals, mixes, and hands the frame to a bounded drop-oldest queue. It runs when nobody
   talks too (silence), so the sound card plays continuously and never underruns at the
@@ -40,6 +44,7 @@ from .jitter import Frame, Gap, JitterBuffer
 from .latency import LatencyWindow
 from .mixer import Mixer
 from .outqueue import DropOldestQueue
+from .relay import RelayPlan, RelayTable, adopt, encode_plan, parse_plan, plan_tree
 
 __all__ = ["Talk", "TalkStats"]
 
@@ -48,10 +53,11 @@ log = logging.getLogger("agent.talk")
 OUTPUT_QUEUE_FRAMES = 5      # playout -> sink; beyond this the oldest frame is dropped
 PENDING_GRACE_S = 3.0        # how long a request from a peer of unknown group may wait
 MAX_PENDING = 16
-ANNOUNCE_FAST_S = 1.0        # announcement interval for a while after a peer connects
 ANNOUNCE_SLOW_S = 5.0
-ANNOUNCE_FAST_WINDOW_S = 6.0
-ANNOUNCE_MIN_GAP_S = 0.2     # GossipSub penalises more than 10 messages/s per topic
+# After a peer connects, one extra announcement (coalesced: at most one per this many seconds),
+# not a burst: with N nodes starting, bursts made an announcement storm of N^2 messages.
+ANNOUNCE_MIN_GAP_S = 1.0
+RELAY_PREROLL_FRAMES = 16    # frames a relay keeps for children whose stream is still opening
 HOUSEKEEPING_S = 0.25
 CLOSE_TIMEOUT_S = 2.0
 PREROLL_FRAMES = 16          # 320 ms of 20 ms frames kept for streams still being opened
@@ -103,6 +109,11 @@ class _In:
     decoder: Codec
     codec_id: int
     accepted: bool = False
+    # Relaying: the plan this stream belongs to, our children's streams (None while opening)
+    # and the latest frames for children still opening.
+    plan: RelayPlan | None = None
+    relay_out: dict[PeerId, StreamId | None] = field(default_factory=dict)
+    relay_buf: deque[tuple[bytes, int, int]] = field(default_factory=lambda: deque(maxlen=RELAY_PREROLL_FRAMES))
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +167,12 @@ class Talk:
         self._stuck = False
         self._nursery: trio.Nursery | None = None
         self._announce_wake = trio.Event()
-        self._fast_until = 0.0
+        self._relays = RelayTable(str(handle.local_peer_id), ttl_s=config.talk.max_talk_s + 60.0)
+        self._plan: RelayPlan | None = None
+        self._plan_seq = 0
+        self._relay_sids: dict[StreamId, StreamId] = {}  # our relay stream -> the incoming one
+        self.frames_relayed = 0
+        self.relay_failures = 0
         self._led_mine: str | None = None
         self._led_saved: Any = None
         self._totals = _Totals()
@@ -202,7 +218,9 @@ class Talk:
         """Take one mesh event. Returns at once: state changes only, network calls run as tasks."""
         match event:
             case AudioData():
-                self._on_audio(event)
+                ins = self._on_audio(event)
+                if ins is not None and ins.relay_out:
+                    await self._relay_frame(ins, event)
             case Message(topic=topic, from_peer=peer, data=data) if topic == TOPIC:
                 self._on_announcement(peer, data)
             case AudioStreamRequested(from_peer=peer, stream_id=sid):
@@ -260,7 +278,6 @@ class Talk:
         """Apply new talk settings (SIGHUP): groups are re-announced at once; jitter settings
         apply to streams that start from now on."""
         self.config = config
-        self._fast_until = trio.current_time() + ANNOUNCE_FAST_WINDOW_S
         self._announce_wake.set()
 
     # --- sending -----------------------------------------------------------------------------
@@ -282,14 +299,33 @@ class Talk:
         self._tx_since = trio.current_time()
         self._skipped_peers.clear()
         group = self.talk_config.active_group
-        targets = self.peers_in_group()
-        if targets:
-            log.info("talking to group %s: %d peer(s)", group, len(targets), extra={"group": group})
+        me = str(self.handle.local_peer_id)
+        members = [p for p in self._dir.members(group) if p != me]
+        self._plan_seq += 1
+        plan = plan_tree(me, members, self.talk_config.relay_fanout, self._plan_seq, group,
+                         connected=set(self.handle.connected_peers()))
+        self._plan = plan
+        if members:
+            log.info("talking to group %s: %d member(s), %d direct, relay depth %d", group, len(members),
+                     len(plan.children(me)), plan.depth(), extra={"group": group})
         else:
-            log.warning("talking to group %s, but no connected peer is in it", group, extra={"group": group})
-        for peer in targets:
-            self._open_to(peer)
+            log.warning("talking to group %s, but no member of it is known", group, extra={"group": group})
+        self._spawn(self._begin, plan, self._tx_gen)
         self._update_led()
+
+    async def _begin(self, plan: RelayPlan, generation: int) -> None:
+        """Publish the plan (relays need it), then open the talker's own streams."""
+        if len(plan.tree) > 1 or any(plan.children(c) for c in plan.children(plan.talker)):
+            with trio.move_on_after(CLOSE_TIMEOUT_S):
+                try:
+                    await self.handle.publish(TOPIC, encode_plan(plan))
+                except AviP2pError as exc:
+                    log.warning("relay plan not published (%s): listeners beyond %d will not hear",
+                                exc, len(plan.children(plan.talker)))
+        if generation != self._tx_gen:
+            return
+        for peer in plan.children(plan.talker):
+            self._open_to(PeerId(peer))
 
     def _stop_talking(self, why: str) -> None:
         if not self._tx:
@@ -308,12 +344,13 @@ class Talk:
     def _open_to(self, peer: PeerId) -> None:
         if not self._tx or peer in self._out or self._nursery is None:
             return
-        limit = self.talk_config.max_streams
-        if len(self._out) >= limit:
+        in_plan = self._plan is not None and peer in self._plan.children(self._plan.talker)
+        limit = self.talk_config.relay_fanout
+        if len(self._out) >= limit and not in_plan:
             if peer not in self._skipped_peers:
                 self._skipped_peers.add(peer)
-                log.warning("not streaming to %s: talk.max_streams (%d) reached", peer, limit,
-                            extra={"peer": peer})
+                log.info("%s joined during the talk: not streaming to it, talk.relay_fanout (%d) "
+                         "reached", peer, limit, extra={"peer": peer})
             return
         entry = _Out(peer, self._tx_gen)
         self._out[peer] = entry
@@ -327,6 +364,15 @@ class Talk:
             log.warning("cannot stream to %s: %s", entry.peer, exc, extra={"peer": entry.peer})
             if self._out.get(entry.peer) is entry:
                 del self._out[entry.peer]
+            plan = self._plan
+            if plan is not None and entry.generation == self._tx_gen:
+                # Its children would not hear: stream to them ourselves.
+                if self._plan is not None:
+                    self._plan = RelayPlan(plan.talker, plan.plan_id, plan.group,
+                                           {**plan.tree, plan.talker: plan.children(plan.talker)
+                                            + tuple(adopt(plan, entry.peer))})
+                for child in adopt(plan, entry.peer):
+                    self._open_to(PeerId(child))
             return
         if self._out.get(entry.peer) is not entry or entry.generation != self._tx_gen:
             await self._close_quietly(sid)  # released (or replaced) while the request ran
@@ -386,8 +432,14 @@ class Talk:
     # --- receiving ---------------------------------------------------------------------------
     def _on_request(self, peer: PeerId, sid: StreamId) -> None:
         ann = self._dir.get(peer)
-        if ann is None and len(self._pending) < MAX_PENDING and self._nursery is not None:
-            # Its announcement may still be on the way (pub/sub is slower than a direct stream).
+        if self._relays.route(peer, trio.current_time()) is not None:
+            self._decide(peer, sid)
+            return
+        tc = self.talk_config
+        if (ann is None or ann.current not in tc.groups) and len(self._pending) < MAX_PENDING \
+                and self._nursery is not None:
+            # A relay's stream may arrive before the talker's plan (pub/sub is slower than a
+            # direct stream), and a peer's announcement may still be on the way.
             self._pending[sid] = (peer, trio.current_time() + PENDING_GRACE_S)
             return
         self._decide(peer, sid)
@@ -395,7 +447,13 @@ class Talk:
     def _decide(self, peer: PeerId, sid: StreamId) -> None:
         tc = self.talk_config
         active = sum(1 for i in self._in.values() if not i.jitter.closed)
-        reason = admission(self._dir.get(peer), tc.groups, active, tc.max_streams)
+        plan = self._relays.route(peer, trio.current_time())
+        if plan is not None and plan.group in tc.groups:
+            # Our parent in a talker's relay tree: it relays the talker's group to us.
+            reason = None if active < tc.max_streams else \
+                f"busy: already playing {active} streams (talk.max_streams={tc.max_streams})"
+        else:
+            reason = admission(self._dir.get(peer), tc.groups, active, tc.max_streams)
         if reason is not None:
             self.streams_rejected += 1
             log.info("refused audio stream from %s: %s", peer, reason, extra={"peer": peer})
@@ -404,7 +462,7 @@ class Talk:
         fmt = self.format
         self._in[sid] = _In(peer, sid, JitterBuffer(frame_us=fmt.frame_us, target_us=tc.jitter_target_ms * 1000,
                                                     max_us=tc.jitter_max_ms * 1000),
-                            make_codec(PCM_S16LE, fmt), PCM_S16LE)
+                            make_codec(PCM_S16LE, fmt), PCM_S16LE, plan=plan)
         self._spawn(self._accept, sid)
 
     async def _accept(self, sid: StreamId) -> None:
@@ -421,6 +479,83 @@ class Talk:
             ins.accepted = True
             log.info("hearing %s", ins.peer, extra={"peer": ins.peer, "stream": f"{sid:x}"})
             self._update_led()
+            if ins.plan is not None:
+                self._start_relay(ins)
+
+    # --- relaying ------------------------------------------------------------------------------
+    def _start_relay(self, ins: _In) -> None:
+        plan = ins.plan
+        if plan is None:
+            return
+        for child in plan.children(self._relays.me):
+            self._relay_to(ins, PeerId(child))
+
+    def _relay_to(self, ins: _In, child: PeerId) -> None:
+        if child in ins.relay_out or child == self._relays.me or ins.jitter.closed:
+            return
+        ins.relay_out[child] = None
+        self._spawn(self._open_relay, ins, child)
+
+    async def _open_relay(self, ins: _In, child: PeerId) -> None:
+        try:
+            sid = await self.handle.request_audio_stream(child)
+        except AviP2pError as exc:
+            self.relay_failures += 1
+            log.warning("cannot relay to %s: %s", child, exc, extra={"peer": child})
+            ins.relay_out.pop(child, None)
+            if ins.plan is not None:
+                for grandchild in adopt(ins.plan, child):  # they would not hear otherwise
+                    self._relay_to(ins, PeerId(grandchild))
+            return
+        if ins.jitter.closed or child not in ins.relay_out:
+            await self._close_quietly(sid)
+            return
+        ins.relay_out[child] = sid
+        self._relay_sids[sid] = ins.stream_id
+        for payload, ts, codec in list(ins.relay_buf):
+            try:
+                await self.handle.send_audio(sid, payload, timestamp_us=ts, codec=codec)
+            except AviP2pError as exc:
+                log.debug("relay pre-roll on %x: %s", sid, exc)
+                break
+            self.frames_relayed += 1
+
+    async def _relay_frame(self, ins: _In, ev: AudioData) -> None:
+        """Forward one frame, unchanged (payload, codec, capture time), to our children."""
+        ins.relay_buf.append((ev.data, ev.timestamp_us, ev.codec))
+        for child, sid in list(ins.relay_out.items()):
+            if sid is None:
+                continue  # still opening: it gets the pre-roll
+            try:
+                await self.handle.send_audio(sid, ev.data, timestamp_us=ev.timestamp_us, codec=ev.codec)
+            except UnknownStreamError:
+                ins.relay_out.pop(child, None)
+            except AviP2pError as exc:
+                log.debug("relay on %x: %s", sid, exc)
+            else:
+                self.frames_relayed += 1
+
+    def _stop_relay(self, ins: _In) -> None:
+        for sid in [s for s in ins.relay_out.values() if s is not None]:
+            self._relay_sids.pop(sid, None)
+            self._spawn(self._close_quietly, sid)
+        ins.relay_out.clear()
+
+    def _on_plan(self, peer: PeerId, plan: RelayPlan) -> None:
+        now = trio.current_time()
+        self._relays.add(plan, now)
+        parent = plan.parent_of(self._relays.me)
+        if parent is None:
+            return
+        for sid, (p, _) in list(self._pending.items()):
+            if p == parent:
+                del self._pending[sid]
+                self._decide(PeerId(p), sid)
+        # A stream from our parent accepted before the plan arrived: start relaying now.
+        for ins in self._in.values():
+            if ins.peer == parent and ins.accepted and ins.plan is None and not ins.jitter.closed:
+                ins.plan = plan
+                self._start_relay(ins)
 
     async def _reject(self, sid: StreamId, reason: str) -> None:
         try:
@@ -429,11 +564,11 @@ class Talk:
         except AviP2pError as exc:
             log.debug("could not reject stream %x: %s", sid, exc)
 
-    def _on_audio(self, ev: AudioData) -> None:
+    def _on_audio(self, ev: AudioData) -> _In | None:
         ins = self._in.get(ev.stream_id)
         if ins is None or ins.jitter.closed:
             self.frames_unknown += 1
-            return
+            return None
         self.frames_received += 1
         if ev.codec != ins.codec_id:
             try:
@@ -442,11 +577,20 @@ class Talk:
                 self.frames_bad += 1
                 if self.frames_bad in (1, 100) or self.frames_bad % 10_000 == 0:
                     log.warning("frames from %s dropped: %s", ins.peer, exc)
-                return
+                return ins  # still relayed: a child may know the codec
             ins.codec_id = ev.codec
         ins.jitter.push(ev.sequence, ev.timestamp_us, ev.data, self._clock())
+        return ins
 
     def _on_announcement(self, peer: PeerId, data: bytes) -> None:
+        if b'"plan"' in data[:64]:
+            plan = parse_plan(data, str(peer))
+            if plan is None:
+                self.bad_announcements += 1
+                log.debug("ignoring a malformed relay plan from %s", peer)
+            else:
+                self._on_plan(peer, plan)
+            return
         ann = parse_announcement(data)
         if ann is None:
             self.bad_announcements += 1
@@ -475,7 +619,14 @@ class Talk:
         ins = self._in.get(sid)
         if ins is not None:
             ins.jitter.close()  # the playout plays what is buffered, then retires it
+            self._stop_relay(ins)
             log.info("%s stopped talking (%s)", peer, reason, extra={"peer": peer, "stream": f"{sid:x}"})
+            return
+        relayed = self._relay_sids.pop(sid, None)
+        if relayed is not None:
+            src = self._in.get(relayed)
+            if src is not None and src.relay_out.get(peer) == sid:
+                del src.relay_out[peer]
             return
         if self._forget_out(sid) is not None:
             level = logging.INFO if reason.endswith("normal") else logging.WARNING
@@ -484,8 +635,7 @@ class Talk:
             self._closed_recent.append(sid)
 
     def _on_connected(self, peer: PeerId) -> None:
-        self._fast_until = trio.current_time() + ANNOUNCE_FAST_WINDOW_S
-        self._announce_wake.set()
+        self._announce_wake.set()  # once, coalesced (ANNOUNCE_MIN_GAP_S)
         ann = self._dir.get(peer)
         if self._tx and ann is not None and self.talk_config.active_group in ann.groups:
             self._open_to(peer)
@@ -563,8 +713,7 @@ class Talk:
             except AviP2pError as exc:
                 log.debug("talk announcement not published: %s", exc)
             await trio.sleep(ANNOUNCE_MIN_GAP_S)
-            fast = trio.current_time() < self._fast_until
-            with trio.move_on_after((ANNOUNCE_FAST_S if fast else ANNOUNCE_SLOW_S) - ANNOUNCE_MIN_GAP_S):
+            with trio.move_on_after(ANNOUNCE_SLOW_S - ANNOUNCE_MIN_GAP_S):
                 await self._announce_wake.wait()
             self._announce_wake = trio.Event()
 
@@ -572,6 +721,7 @@ class Talk:
         while True:
             await trio.sleep(HOUSEKEEPING_S)
             now = trio.current_time()
+            self._relays.expire(now)
             for sid, (peer, deadline) in list(self._pending.items()):
                 if now >= deadline:
                     del self._pending[sid]
@@ -608,7 +758,7 @@ class Talk:
 
     async def _shutdown(self) -> None:
         with trio.move_on_after(CLOSE_TIMEOUT_S):
-            for sid in [e.stream_id for e in self._out.values() if e.stream_id is not None]:
+            for sid in [e.stream_id for e in self._out.values() if e.stream_id is not None] + list(self._relay_sids):
                 await self._close_quietly(sid)
             for sid in list(self._pending):
                 await self._reject(sid, "push-to-talk stopped")
@@ -616,6 +766,9 @@ class Talk:
                 await self.handle.unsubscribe(TOPIC)
             except AviP2pError as exc:
                 log.debug("unsubscribe %s: %s", TOPIC, exc)
+        for ins in self._in.values():
+            ins.relay_out.clear()
+        self._relay_sids.clear()
         self._out.clear()
         self._pending.clear()
         self._tx = False

@@ -230,8 +230,8 @@ def test_talk_rules(tmp_path: Path) -> None:
     assert "current_group 'b' is not one of groups ['a']" in p1
     [p2] = problems_of(write(tmp_path, "[talk]\ngroups=[]\n", "2.toml"))
     assert "talk.groups: List should have at least 1 item" in p2
-    [p3] = problems_of(write(tmp_path, "[talk]\nmax_streams=9\n", "3.toml"))
-    assert "talk.max_streams (9) exceeds mesh.max_audio_streams (8)" in p3
+    [p3] = problems_of(write(tmp_path, "[talk]\nmax_streams=17\n", "3.toml"))
+    assert "talk.max_streams (17) exceeds mesh.max_audio_streams (16)" in p3
     [p4] = problems_of(write(tmp_path, "[talk]\njitter_target_ms=300\njitter_max_ms=100\n", "4.toml"))
     assert "jitter_max_ms (100) is below jitter_target_ms (300)" in p4
     [p5] = problems_of(write(tmp_path, '[talk]\ngroups=["ok", "no good"]\n', "5.toml"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import trio
@@ -189,3 +190,39 @@ async def test_a_stuck_button_stops_transmitting_after_max_talk_s(tmp_path: Path
         assert a.talk.stats().frames_sent > sent_once
     hb = analyse(b.wav)  # type: ignore[arg-type]
     assert 1.1 <= hb.active_s <= 2.0, hb  # about 1 s, then about 0.5 s
+
+
+async def test_a_relay_tree_reaches_every_member_with_bounded_upload(tmp_path: Path) -> None:
+    """Six members, relay_fanout 2: the talker streams to two of them only, those relay to the
+    rest (depth 2); every listener plays about 2 s of the talker's tone, and no node sends
+    more than two streams."""
+    names = ["t", "l1", "l2", "l3", "l4", "l5"]
+    async with AsyncExitStack() as stack:
+        agents = [await stack.enter_async_context(agent(n, tmp_path, relay_fanout=2)) for n in names]
+        for i, x in enumerate(agents):  # connected to every other: no connection on demand here
+            for y in agents[i + 1:]:
+                await x.node.handle().dial(y.addr)
+        await know_each_other(*agents)
+        talker, listeners = agents[0], agents[1:]
+        await talker.button.press()
+        await wait_until(lambda: all(x.talk.stats().streams_in == 1 for x in listeners), 10,
+                         "every listener to hear the talker")
+        max_out = 0
+        for _ in range(15):
+            await trio.sleep(0.1)
+            max_out = max(max_out, *(len([s for s in x.node.stats().streams if s.direction == "out"])
+                                     for x in agents))
+        await trio.sleep(HOLD_S - 1.5)
+        await talker.button.release()
+        await wait_until(lambda: all(x.talk.stats().streams_in == 0 for x in listeners), 10,
+                         "every listener to hear the end")
+        relayed = sum(x.talk.frames_relayed for x in listeners)
+        depth = talker.talk._plan.depth() if talker.talk._plan else 0
+        direct = talker.talk.stats().streams_out
+    assert depth == 2 and max_out <= 2, (depth, max_out)
+    assert relayed > 3 * 80, f"relays forwarded only {relayed} frames"
+    for x in listeners:
+        heard = analyse(x.wav)  # type: ignore[arg-type]
+        assert 1.5 <= heard.active_s <= 2.5, f"{x.name}: {heard}"
+        assert abs(heard.peaks_hz[0] - 440) < 5, f"{x.name}: {heard}"
+    print(f"relay tree: depth {depth}, talker streams {direct}, frames relayed {relayed}")
