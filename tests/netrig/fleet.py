@@ -33,6 +33,7 @@ import numpy as np
 
 from agent.config import AgentConfig
 from agent.mesh.identity import new_identity, peer_id_of, read_identity, write_identity
+from agent.simulate import _toml_value as _toml
 
 from .rig import Rig
 
@@ -100,18 +101,6 @@ def analyse(path: Path) -> Heard:
     spectrum = np.abs(np.fft.rfft(inside * np.hanning(len(inside))))
     freqs = np.fft.rfftfreq(len(inside), 1 / rate)
     return Heard(len(loud) * FRAME_S, float(freqs[int(np.argmax(spectrum))]))
-
-
-def _toml(v: object) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml(x) for x in v) + "]"
-    raise TypeError(v)
 
 
 def node_config(node: Node, host_ip: str, press: tuple[float, float] | None,
