@@ -77,8 +77,17 @@ class NodeConfig(_Section):
 class TalkConfig(_Section):
     groups: list[str] = Field(default_factory=lambda: ["default"], min_length=1, max_length=32)
     current_group: str | None = Field(None, description="None = the first of groups")
-    jitter_target_ms: int = Field(40, ge=10, le=500)
-    jitter_max_ms: int = Field(200, ge=20, le=2000)
+    jitter_target_ms: int = Field(40, ge=10, le=500,
+                                  description="the adaptive jitter buffer's lowest target delay")
+    jitter_max_ms: int = Field(300, ge=20, le=2000,
+                               description="the adaptive jitter buffer's highest delay")
+    codec: Literal["opus", "pcm"] = Field("opus", description="sent to peers that decode it; "
+                                          "PCM S16LE to the others (and when libopus is missing)")
+    opus_bitrate: int = Field(32_000, ge=6_000, le=510_000, description="bit/s")
+    opus_frame_ms: Literal[20, 40] = Field(40, description="audio per packet: 40 halves the "
+                                           "framing overhead on the wire, 20 is 20 ms quicker")
+    opus_fec: bool = Field(False, description="Opus in-band FEC: only helps where frames are "
+                           "lost for good (TCP retransmits them), and costs quality")
     max_streams: int = Field(4, ge=1, le=64, description="incoming streams mixed at once")
     relay_fanout: int = Field(4, ge=1, le=32, description="streams a talker (or a relay) sends at most")
     max_talk_s: float = Field(120.0, gt=0.0, le=3600.0,

@@ -38,7 +38,7 @@ from agent.mesh.errors import ConfigError as MeshConfigError
 from agent.mesh.events import (AudioData, AudioStreamAccepted, AudioStreamClosed, AudioStreamRequested,
                                Event, Message, PeerConnected, PeerDisconnected, PeerDiscovered, Started)
 from agent.sdnotify import Notifier, run_watchdog
-from agent.status import LocalFigures, Status, fake_devices
+from agent.status import LocalFigures, Status, TalkStreamStatus, fake_devices
 from hw.config import open_audio_sink, open_audio_source, open_button, open_led
 
 __all__ = ["Service", "Devices", "Faults", "TalkLike", "load_talk_class", "EX_OK"]
@@ -521,7 +521,9 @@ class Service:
     def _figures(self) -> LocalFigures:
         peers = list(self.handle.connected_peers()) if self.handle is not None else []
         s_in, s_out = self._stream_counts()
-        sent = received = drops = xruns = late = 0
+        sent = received = drops = xruns = late = concealed = 0
+        stretched = 0.0
+        streams: tuple[TalkStreamStatus, ...] = ()
         p50 = p99 = None
         if self.node is not None:
             st = self.node.stats()
@@ -535,6 +537,12 @@ class Service:
                 drops += ts.frames_dropped
                 late = getattr(ts, "frames_late", 0)
                 p50, p99 = getattr(ts, "latency_p50_ms", None), getattr(ts, "latency_p99_ms", None)
+                concealed = getattr(ts, "frames_concealed", 0)
+                stretched = getattr(ts, "stretched_ms", 0.0)
+                streams = tuple(TalkStreamStatus(peer=str(x.peer), codec=x.codec, delay_ms=float(x.delay_ms),
+                                                 target_ms=float(x.target_ms), concealed=x.concealed,
+                                                 stretched_ms=float(x.stretched_ms), late=x.late)
+                                for x in getattr(ts, "streams", ()))
                 s_in, s_out = max(s_in, ts.streams_in), max(s_out, ts.streams_out)
             except Exception as exc:
                 log.debug("talk.stats() failed: %s", exc)
@@ -553,6 +561,7 @@ class Service:
                             cpu_load=load_average(), process_cpu=self._cpu.sample(),
                             temp_c=soc_temperature(), talk=self.talk is not None,
                             frames_late=late, latency_p50_ms=p50, latency_p99_ms=p99,
+                            frames_concealed=concealed, stretched_ms=stretched, talk_streams=streams,
                             last_error=self.faults.last_error, backends=self.backends())
 
     def backends(self) -> dict[str, str]:

@@ -29,17 +29,33 @@ from agent.mesh.errors import AviP2pError
 from agent.mesh.events import Message
 
 __all__ = ["STATUS_VERSION", "StatusMessage", "StatusRejected", "encode_status", "decode_status",
-           "FleetEntry", "FleetStats", "FleetView", "Status", "MAX_LISTED_PEERS", "fake_devices"]
+           "FleetEntry", "FleetStats", "FleetView", "Status", "MAX_LISTED_PEERS", "fake_devices",
+           "TalkStreamStatus"]
 
 log = logging.getLogger("agent.status")
 
 STATUS_VERSION = 1
 MAX_LISTED_PEERS = 16  # connected_peers is a sample; `peers` is the count
+MAX_LISTED_STREAMS = 8  # talk_streams lists at most this many incoming streams
 MAX_ERROR_CHARS = 300
 # Publishing on change is coalesced: at most one message per this many seconds.
 MIN_PUBLISH_GAP_S = 0.25
 
 State = Literal["starting", "ok", "degraded"]
+
+
+class TalkStreamStatus(BaseModel):
+    """One incoming talk stream as the listener plays it (see agent.talk.StreamStatus)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
+
+    peer: str = Field(max_length=128)
+    codec: str = Field(max_length=16)
+    delay_ms: float = Field(ge=0, description="audio buffered now (jitter buffer + decoded)")
+    target_ms: float = Field(ge=0, description="the delay the adaptive buffer aims for")
+    concealed: int = Field(ge=0, description="frame periods concealed")
+    stretched_ms: float = Field(ge=0, description="time added or removed by time-stretching")
+    late: int = Field(0, ge=0)
 
 
 class StatusMessage(BaseModel):
@@ -71,6 +87,9 @@ class StatusMessage(BaseModel):
     frames_late: int = Field(0, ge=0, description="received audio frames too late to play")
     latency_p50_ms: float | None = Field(None, ge=0, description="mouth-to-ear, capture to playback")
     latency_p99_ms: float | None = Field(None, ge=0)
+    frames_concealed: int = Field(0, ge=0, description="frame periods of concealment, all streams")
+    stretched_ms: float = Field(0.0, ge=0, description="time-stretched, all streams")
+    talk_streams: list[TalkStreamStatus] = Field(default_factory=list, max_length=MAX_LISTED_STREAMS)
     status_rejected: int = Field(0, ge=0, description="peers' status messages we dropped")
     last_error: str | None = Field(None, max_length=MAX_ERROR_CHARS)
     backends: dict[str, str] = Field(default_factory=dict, max_length=4,
@@ -287,6 +306,9 @@ class LocalFigures:
     frames_late: int = 0
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None
+    frames_concealed: int = 0
+    stretched_ms: float = 0.0
+    talk_streams: tuple[TalkStreamStatus, ...] = ()
     last_error: str | None = None
     backends: Mapping[str, str] = field(default_factory=dict)
 
@@ -350,7 +372,9 @@ class Status:
             frames_sent=f.frames_sent, frames_received=f.frames_received, xruns=f.xruns,
             drops=f.drops, cpu_load=f.cpu_load, process_cpu=f.process_cpu, temp_c=f.temp_c,
             talk=f.talk, frames_late=f.frames_late, latency_p50_ms=_ms(f.latency_p50_ms),
-            latency_p99_ms=_ms(f.latency_p99_ms), status_rejected=self.view.rejected, last_error=err,
+            latency_p99_ms=_ms(f.latency_p99_ms), frames_concealed=f.frames_concealed,
+            stretched_ms=round(float(f.stretched_ms), 1), talk_streams=list(f.talk_streams[:MAX_LISTED_STREAMS]),
+            status_rejected=self.view.rejected, last_error=err,
             backends={k: str(v)[:16] for k, v in list(f.backends.items())[:4]})
 
     @staticmethod

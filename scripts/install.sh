@@ -186,7 +186,8 @@ apt_packages() {
     # Build dependencies of the sdists that have no arm64/armhf wheel on PyPI: fastecdsa (pinned by
     # py-libp2p; links gmp), pyalsaaudio (alsa), systemd-python (libsystemd), RPi.GPIO (gcc);
     # python-baseconv and varint are pure Python. ca-certificates: pip reaches PyPI over TLS.
-    local pkgs=(alsa-utils libasound2 libasound2-dev python3-venv python3-dev gcc pkg-config libsystemd-dev libgmp-dev ca-certificates)
+    # libopus0: Opus for push-to-talk (opuslib-next loads it).
+    local pkgs=(alsa-utils libasound2 libasound2-dev python3-venv python3-dev gcc pkg-config libsystemd-dev libgmp-dev ca-certificates libopus0)
     [ "$BOARD" != pi5 ] || pkgs+=(liblgpio-dev swig)
     if [ -n "$ROOT" ]; then
         skip "apt-get install ${pkgs[*]}"

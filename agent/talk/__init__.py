@@ -1,15 +1,18 @@
-"""Push-to-talk: capture -> encode -> send; receive -> jitter buffer -> decode -> mix -> play.
+"""Push-to-talk: capture -> encode -> send; receive -> adaptive playout -> mix -> play.
 
 The service builds ``Talk(config, handle, source, sink, button, led)``, runs it with
 ``await nursery.start(talk.run)``, forwards mesh events to ``await talk.handle_event(event)``
-and reads ``talk.stats()``. The pure parts (codec, jitter buffer, mixer, groups) have no I/O.
+and reads ``talk.stats()``. The pure parts (codecs and their negotiation, the adaptive playout
+with its delay estimator and time-stretching, mixer, groups) have no I/O.
 """
 
-from .codec import PCM_S16LE, Codec, CodecError, PcmS16le, make_codec, register_codec
-from .engine import Talk, TalkStats
+from .codec import (OPUS, PCM_S16LE, Codec, CodecError, OpusCodec, OpusSettings, PcmS16le, choose_codec,
+                    make_codec, register_codec)
+from .engine import StreamStatus, Talk, TalkStats
 from .groups import TOPIC
-from .jitter import Frame, Gap, JitterBuffer, JitterStats, Push
 from .mixer import Mixer, mix
+from .playout import AdaptivePlayout, DelayEstimator, PlayoutStats, Pulled, Push
 
-__all__ = ["Talk", "TalkStats", "TOPIC", "Codec", "CodecError", "PcmS16le", "PCM_S16LE", "make_codec",
-           "register_codec", "JitterBuffer", "JitterStats", "Frame", "Gap", "Push", "Mixer", "mix"]
+__all__ = ["Talk", "TalkStats", "StreamStatus", "TOPIC", "Codec", "CodecError", "PcmS16le", "OpusCodec",
+           "OpusSettings", "PCM_S16LE", "OPUS", "make_codec", "register_codec", "choose_codec",
+           "AdaptivePlayout", "DelayEstimator", "PlayoutStats", "Pulled", "Push", "Mixer", "mix"]

@@ -11,8 +11,9 @@ Tasks (one nursery, all started by `run`):
 - **relaying**: a node that receives a stream from its parent in a plan forwards every frame,
   unchanged, to its own children of that plan (connecting on demand), so each member hears
   the talker once and no node sends more than ``relay_fanout`` copies of a frame.
-- **playout**: every frame period pops each incoming stream's jitter buffer, decodes or
-  conceals, mixes, and hands the frame to a bounded drop-oldest queue. It runs when nobody
+- **playout**: every frame period pulls one frame of PCM from each incoming stream's adaptive
+  playout (jitter buffer, decoder, concealment and time-stretching: playout.py), mixes, and
+  hands the frame to a bounded drop-oldest queue. It runs when nobody
   talks too (silence), so the sound card plays continuously and never underruns at the
   start and end of every talk.
 - **sink**: takes frames from that queue and writes them to the sink; the mouth-to-ear
@@ -38,15 +39,16 @@ from agent.mesh import (AudioData, AudioStreamAccepted, AudioStreamClosed, Audio
                         UnknownStreamError)
 from hw.audio.base import AudioFormat, monotonic_us
 
-from .codec import PCM_S16LE, Codec, CodecError, make_codec
+from .codec import (CODEC_NAMES, OPUS, PCM_S16LE, Codec, CodecError, OpusCodec, OpusSettings, choose_codec,
+                    codec_ids, codec_names, common_codec, known_codecs, make_codec)
 from .groups import TOPIC, GroupDirectory, admission, encode_announcement, parse_announcement
-from .jitter import Frame, Gap, JitterBuffer
+from .playout import AdaptivePlayout
 from .latency import LatencyWindow
 from .mixer import Mixer
 from .outqueue import DropOldestQueue
 from .relay import RelayPlan, RelayTable, adopt, encode_plan, parse_plan, plan_tree
 
-__all__ = ["Talk", "TalkStats"]
+__all__ = ["Talk", "TalkStats", "StreamStatus"]
 
 log = logging.getLogger("agent.talk")
 
@@ -65,14 +67,32 @@ PLAYOUT_RESYNC_FRAMES = 4    # a playout clock this far behind restarts instead 
 
 
 @dataclass(frozen=True, slots=True)
+class StreamStatus:
+    """One incoming stream as it plays: codec, buffer delay now and its target, frame periods
+    concealed, speech and silence time-stretched (ms), frames that came too late."""
+
+    peer: str
+    codec: str
+    delay_ms: float
+    target_ms: float
+    concealed: int
+    stretched_ms: float
+    late: int
+
+
+@dataclass(frozen=True, slots=True)
 class TalkStats:
     """A snapshot of the push-to-talk counters (frames are 20 ms by default).
 
+    Frames are capture frames (20 ms) even when a codec packs several in one payload.
     ``frames_sent``: frames handed to the mesh, counted per stream. ``frames_received``: frames
     that arrived on accepted incoming streams. ``frames_dropped``: jitter-buffer overflow and
     catch-up skips, playback-queue drops, undecodable frames and frames on unknown streams.
-    ``frames_late``: arrived after their playout slot (dropped). ``frames_concealed``: gaps filled.
+    ``frames_late``: arrived after their playout slot (dropped). ``frames_concealed``: frame
+    periods of concealment (lost frames, and waiting out stalls). ``stretched_ms``: time added or
+    removed by the adaptive playout (speech accelerated or expanded, silence dropped or added).
     ``latency_*_ms``: mouth-to-ear (capture timestamp to sink hand-off) over recent frames.
+    ``streams``: the incoming streams playing now.
     """
 
     transmitting: bool
@@ -91,6 +111,8 @@ class TalkStats:
     latency_p50_ms: float | None
     latency_p99_ms: float | None
     latency_samples: int
+    stretched_ms: float = 0.0
+    streams: tuple[StreamStatus, ...] = ()
 
 
 @dataclass(eq=False)
@@ -99,15 +121,14 @@ class _Out:
     generation: int
     stream_id: StreamId | None = None
     accepted: bool = False
+    codec: int = PCM_S16LE
 
 
 @dataclass(eq=False)
 class _In:
     peer: PeerId
     stream_id: StreamId
-    jitter: JitterBuffer
-    decoder: Codec
-    codec_id: int
+    playout: AdaptivePlayout
     accepted: bool = False
     # Relaying: the plan this stream belongs to, our children's streams (None while opening)
     # and the latest frames for children still opening.
@@ -131,7 +152,7 @@ class _Totals:
     duplicates: int = 0
     concealed: int = 0
     overflow: int = 0
-    skipped: int = 0
+    stretched_ms: float = 0.0
 
 
 class Talk:
@@ -148,7 +169,8 @@ class Talk:
         self.led = led
         self._clock = clock
         self.format: AudioFormat = source.format
-        self._encoder: Codec = make_codec(PCM_S16LE, self.format)
+        self._encoders: dict[int, Codec] = {}  # this press's encoders, one per codec in use
+        self._frame_counters: dict[int, Codec] = {}  # to count the frames in received payloads
         self._mixer = Mixer(self.format.frame_bytes)
         self._queue: DropOldestQueue[_Playout] = DropOldestQueue(OUTPUT_QUEUE_FRAMES)
         self._latency = LatencyWindow()
@@ -162,8 +184,10 @@ class Talk:
         self._tx = False
         self._tx_gen = 0
         self._tx_since = 0.0
-        # This press's latest frames, for streams still opening (bounded: PREROLL_FRAMES).
-        self._preroll: deque[tuple[bytes, int]] = deque(maxlen=PREROLL_FRAMES)
+        # This press's latest payloads per codec, for streams still opening (bounded: PREROLL_FRAMES).
+        self._preroll: dict[int, deque[tuple[bytes, int]]] = {}
+        self._packet_ts: dict[int, int] = {}  # codec -> capture time of the packet being filled
+        self._press_codec: int | None = None  # one codec for a relayed press, None: per listener
         self._stuck = False
         self._nursery: trio.Nursery | None = None
         self._announce_wake = trio.Event()
@@ -238,16 +262,22 @@ class Talk:
 
     def stats(self) -> TalkStats:
         t = self._totals
-        live = [i.jitter for i in self._in.values()]
-        played = t.played + sum(j.played for j in live)
-        late = t.late + sum(j.late for j in live)
-        dups = t.duplicates + sum(j.duplicates for j in live)
-        concealed = t.concealed + sum(j.concealed for j in live)
-        overflow = t.overflow + sum(j.overflow + j.skipped for j in live) + t.skipped
+        live = [(i, i.playout.stats()) for i in self._in.values()]
+        played = t.played + sum(st.decoded for _, st in live)
+        late = t.late + sum(st.late for _, st in live)
+        dups = t.duplicates + sum(st.duplicates for _, st in live)
+        concealed = t.concealed + sum(st.concealed for _, st in live)
+        overflow = t.overflow + sum(st.overflow for _, st in live)
+        stretched = t.stretched_ms + sum(st.stretched_ms for _, st in live)
+        streams = tuple(
+            StreamStatus(peer=i.peer, codec=CODEC_NAMES.get(i.playout.codec or 0, "none"),
+                         delay_ms=round(st.delay_ms, 1), target_ms=round(st.target_ms, 1),
+                         concealed=st.concealed, stretched_ms=round(st.stretched_ms, 1), late=st.late)
+            for i, st in live if i.accepted and not i.playout.drained)
         return TalkStats(
             transmitting=self._tx,
             group=self.talk_config.active_group,
-            streams_in=sum(1 for i in self._in.values() if i.accepted and not i.jitter.closed),
+            streams_in=sum(1 for i in self._in.values() if i.accepted and not i.playout.closed),
             streams_out=sum(1 for o in self._out.values() if o.stream_id is not None),
             frames_sent=self.frames_sent,
             frames_received=self.frames_received,
@@ -261,6 +291,8 @@ class Talk:
             latency_p50_ms=self._latency.percentile_ms(50),
             latency_p99_ms=self._latency.percentile_ms(99),
             latency_samples=len(self._latency),
+            stretched_ms=round(stretched, 1),
+            streams=streams,
         )
 
     @property
@@ -295,6 +327,8 @@ class Talk:
             return
         self._tx = True
         self._preroll.clear()
+        self._encoders.clear()  # fresh encoder state per press
+        self._packet_ts.clear()
         self._tx_gen += 1
         self._tx_since = trio.current_time()
         self._skipped_peers.clear()
@@ -305,6 +339,11 @@ class Talk:
         plan = plan_tree(me, members, self.talk_config.relay_fanout, self._plan_seq, group,
                          connected=set(self.handle.connected_peers()))
         self._plan = plan
+        # Relays forward frames unchanged: when the plan relays, every member must decode what
+        # the talker sends (one codec for the press); in a star each listener gets its own.
+        relayed = any(plan.children(c) for c in plan.children(me))
+        self._press_codec = common_codec(self.preferred_codecs(), [self._decodes(PeerId(m)) for m in
+                                                                  plan.members()]) if relayed else None
         if members:
             log.info("talking to group %s: %d member(s), %d direct, relay depth %d", group, len(members),
                      len(plan.children(me)), plan.depth(), extra={"group": group})
@@ -352,7 +391,8 @@ class Talk:
                 log.info("%s joined during the talk: not streaming to it, talk.relay_fanout (%d) "
                          "reached", peer, limit, extra={"peer": peer})
             return
-        entry = _Out(peer, self._tx_gen)
+        entry = _Out(peer, self._tx_gen, codec=self._codec_for(peer))
+        self._encoder_for(entry.codec)
         self._out[peer] = entry
         self._spawn(self._request, entry)
 
@@ -385,13 +425,13 @@ class Talk:
         # Frames captured while the stream was being opened (a slow or lossy link takes a few
         # hundred ms): send them now, so the start of the talk is not cut off. The mesh queues
         # them until the peer accepts, and drops the oldest if the peer is slow.
-        for payload, ts in list(self._preroll):
+        for payload, ts in list(self._preroll.get(entry.codec, ())):
             try:
-                await self.handle.send_audio(sid, payload, timestamp_us=ts, codec=self._encoder.id)
+                await self.handle.send_audio(sid, payload, timestamp_us=ts, codec=entry.codec)
             except AviP2pError as exc:
                 log.debug("pre-roll on %x: %s", sid, exc)
                 break
-            self.frames_sent += 1
+            self.frames_sent += self._encoders[entry.codec].frames_in(payload)
 
     async def _close_quietly(self, sid: StreamId) -> None:
         with trio.move_on_after(CLOSE_TIMEOUT_S):
@@ -400,26 +440,60 @@ class Talk:
             except AviP2pError as exc:
                 log.debug("closing stream %x: %s", sid, exc)
 
+    # --- codecs ------------------------------------------------------------------------------
+    def preferred_codecs(self) -> tuple[int, ...]:
+        """Codecs this node sends, best first (config ``talk.codec``; PCM is always the fallback)."""
+        return (OPUS, PCM_S16LE) if self.talk_config.codec == "opus" else (PCM_S16LE,)
+
+    def _decodes(self, peer: PeerId) -> tuple[int, ...] | None:
+        ann = self._dir.get(peer)
+        return None if ann is None or ann.codecs is None else codec_ids(list(ann.codecs))
+
+    def _codec_for(self, peer: PeerId) -> int:
+        if self._press_codec is not None:
+            return self._press_codec
+        return choose_codec(self.preferred_codecs(), self._decodes(peer))
+
+    def _encoder_for(self, codec: int) -> Codec:
+        enc = self._encoders.get(codec)
+        if enc is None:
+            if codec == OPUS:
+                tc = self.talk_config
+                enc = OpusCodec(self.format, OpusSettings(bitrate=tc.opus_bitrate, frame_ms=tc.opus_frame_ms,
+                                                          fec=tc.opus_fec))
+            else:
+                enc = make_codec(codec, self.format)
+            self._encoders[codec] = enc
+            self._preroll[codec] = deque(maxlen=PREROLL_FRAMES)
+        return enc
+
     async def _capture_loop(self) -> None:
         while True:
             frame = await self.source.read()
             if not self._tx:
                 continue
-            payload = self._encoder.encode(frame.pcm)
-            self._preroll.append((payload, frame.timestamp_us))
-            for entry in list(self._out.values()):
-                sid = entry.stream_id
-                if sid is None:
-                    continue  # still opening: _request sends the pre-roll once it is open
-                try:
-                    await self.handle.send_audio(sid, payload, timestamp_us=frame.timestamp_us,
-                                                 codec=self._encoder.id)
-                except UnknownStreamError:
-                    self._forget_out(sid)
-                except AviP2pError as exc:
-                    log.debug("send on %x: %s", sid, exc)
-                else:
-                    self.frames_sent += 1
+            for codec, enc in list(self._encoders.items()):
+                self._packet_ts.setdefault(codec, frame.timestamp_us)
+                payload = enc.encode(frame.pcm)
+                if payload is None:
+                    continue  # a packet of several frames is being filled
+                await self._send_payload(codec, payload, self._packet_ts.pop(codec))
+
+    async def _send_payload(self, codec: int, payload: bytes, ts: int) -> None:
+        self._preroll[codec].append((payload, ts))
+        n = self._encoders[codec].frames_in(payload)
+        for entry in list(self._out.values()):
+            sid = entry.stream_id
+            if sid is None or entry.codec != codec:
+                continue  # still opening: _request sends the pre-roll once it is open
+            try:
+                await self.handle.send_audio(sid, payload, timestamp_us=ts, codec=codec)
+            except UnknownStreamError:
+                self._forget_out(sid)
+            except AviP2pError as exc:
+                log.debug("send on %x: %s", sid, exc)
+            else:
+                self.frames_sent += n
 
     def _forget_out(self, sid: StreamId) -> PeerId | None:
         peer = self._out_by_sid.pop(sid, None)
@@ -446,7 +520,7 @@ class Talk:
 
     def _decide(self, peer: PeerId, sid: StreamId) -> None:
         tc = self.talk_config
-        active = sum(1 for i in self._in.values() if not i.jitter.closed)
+        active = sum(1 for i in self._in.values() if not i.playout.closed)
         plan = self._relays.route(peer, trio.current_time())
         if plan is not None and plan.group in tc.groups:
             # Our parent in a talker's relay tree: it relays the talker's group to us.
@@ -460,9 +534,9 @@ class Talk:
             self._spawn(self._reject, sid, reason)
             return
         fmt = self.format
-        self._in[sid] = _In(peer, sid, JitterBuffer(frame_us=fmt.frame_us, target_us=tc.jitter_target_ms * 1000,
-                                                    max_us=tc.jitter_max_ms * 1000),
-                            make_codec(PCM_S16LE, fmt), PCM_S16LE, plan=plan)
+        playout = AdaptivePlayout(fmt, lambda codec: make_codec(codec, fmt),
+                                  min_delay_us=tc.jitter_target_ms * 1000, max_delay_us=tc.jitter_max_ms * 1000)
+        self._in[sid] = _In(peer, sid, playout, plan=plan)
         self._spawn(self._accept, sid)
 
     async def _accept(self, sid: StreamId) -> None:
@@ -472,10 +546,10 @@ class Talk:
             log.info("could not accept stream %x: %s", sid, exc)
             ins = self._in.get(sid)
             if ins is not None:
-                ins.jitter.close()
+                ins.playout.close()
             return
         ins = self._in.get(sid)
-        if ins is not None and not ins.jitter.closed:
+        if ins is not None and not ins.playout.closed:
             ins.accepted = True
             log.info("hearing %s", ins.peer, extra={"peer": ins.peer, "stream": f"{sid:x}"})
             self._update_led()
@@ -491,7 +565,7 @@ class Talk:
             self._relay_to(ins, PeerId(child))
 
     def _relay_to(self, ins: _In, child: PeerId) -> None:
-        if child in ins.relay_out or child == self._relays.me or ins.jitter.closed:
+        if child in ins.relay_out or child == self._relays.me or ins.playout.closed:
             return
         ins.relay_out[child] = None
         self._spawn(self._open_relay, ins, child)
@@ -507,7 +581,7 @@ class Talk:
                 for grandchild in adopt(ins.plan, child):  # they would not hear otherwise
                     self._relay_to(ins, PeerId(grandchild))
             return
-        if ins.jitter.closed or child not in ins.relay_out:
+        if ins.playout.closed or child not in ins.relay_out:
             await self._close_quietly(sid)
             return
         ins.relay_out[child] = sid
@@ -553,7 +627,7 @@ class Talk:
                 self._decide(PeerId(p), sid)
         # A stream from our parent accepted before the plan arrived: start relaying now.
         for ins in self._in.values():
-            if ins.peer == parent and ins.accepted and ins.plan is None and not ins.jitter.closed:
+            if ins.peer == parent and ins.accepted and ins.plan is None and not ins.playout.closed:
                 ins.plan = plan
                 self._start_relay(ins)
 
@@ -566,20 +640,23 @@ class Talk:
 
     def _on_audio(self, ev: AudioData) -> _In | None:
         ins = self._in.get(ev.stream_id)
-        if ins is None or ins.jitter.closed:
+        if ins is None or ins.playout.closed:
             self.frames_unknown += 1
             return None
-        self.frames_received += 1
-        if ev.codec != ins.codec_id:
-            try:
-                ins.decoder = make_codec(ev.codec, self.format)
-            except CodecError as exc:
-                self.frames_bad += 1
-                if self.frames_bad in (1, 100) or self.frames_bad % 10_000 == 0:
-                    log.warning("frames from %s dropped: %s", ins.peer, exc)
-                return ins  # still relayed: a child may know the codec
-            ins.codec_id = ev.codec
-        ins.jitter.push(ev.sequence, ev.timestamp_us, ev.data, self._clock())
+        if ev.codec not in known_codecs():
+            self.frames_received += 1
+            self.frames_bad += 1
+            if self.frames_bad in (1, 100) or self.frames_bad % 10_000 == 0:
+                log.warning("frames from %s dropped: no decoder for codec %d", ins.peer, ev.codec)
+            return ins  # still relayed: a child may know the codec
+        counter = self._frame_counters.get(ev.codec)
+        if counter is None:
+            counter = self._frame_counters[ev.codec] = make_codec(ev.codec, self.format)
+        try:
+            self.frames_received += counter.frames_in(ev.data)
+        except CodecError:
+            self.frames_received += 1  # the playout counts it lost when it fails to decode
+        ins.playout.push(ev.sequence, ev.timestamp_us, ev.data, self._clock(), ev.codec)
         return ins
 
     def _on_announcement(self, peer: PeerId, data: bytes) -> None:
@@ -618,7 +695,7 @@ class Talk:
             return
         ins = self._in.get(sid)
         if ins is not None:
-            ins.jitter.close()  # the playout plays what is buffered, then retires it
+            ins.playout.close()  # the playout plays what is buffered, then retires it
             self._stop_relay(ins)
             log.info("%s stopped talking (%s)", peer, reason, extra={"peer": peer, "stream": f"{sid:x}"})
             return
@@ -667,30 +744,31 @@ class Talk:
         pcms: list[bytes] = []
         stamps: list[int] = []
         for sid, ins in list(self._in.items()):
-            slot = ins.jitter.pop(now_us)
-            if isinstance(slot, Frame):
-                try:
-                    pcms.append(ins.decoder.decode(slot.payload))
-                    stamps.append(slot.timestamp_us)
-                except CodecError as exc:
-                    self.frames_bad += 1
-                    log.debug("undecodable frame from %s: %s", ins.peer, exc)
-                    pcms.append(ins.decoder.conceal())
-            elif isinstance(slot, Gap):
-                pcms.append(ins.decoder.conceal())
-            elif ins.jitter.drained:
+            try:
+                got = ins.playout.pull(now_us)
+            except CodecError as exc:  # a codec that cannot be built for this stream
+                self.frames_bad += 1
+                log.warning("stream from %s dropped: %s", ins.peer, exc)
+                ins.playout.close()
+                self._retire(sid)
+                continue
+            if got is not None:
+                pcms.append(got.pcm)
+                if got.timestamp_us is not None:
+                    stamps.append(got.timestamp_us)
+            elif ins.playout.drained:
                 self._retire(sid)
         self._queue.put_nowait(_Playout(self._mixer.mix(pcms), tuple(stamps)))
 
     def _retire(self, sid: StreamId) -> None:
         ins = self._in.pop(sid)
-        j, t = ins.jitter, self._totals
-        t.played += j.played
+        j, t = ins.playout.stats(), self._totals
+        t.played += j.decoded
         t.late += j.late
         t.duplicates += j.duplicates
         t.concealed += j.concealed
         t.overflow += j.overflow
-        t.skipped += j.skipped
+        t.stretched_ms += j.stretched_ms
         self._update_led()
 
     async def _sink_loop(self) -> None:
@@ -704,7 +782,8 @@ class Talk:
     # --- groups, housekeeping, LED -----------------------------------------------------------
     def _announcement(self) -> bytes:
         tc = self.talk_config
-        return encode_announcement(self.config.node.name, tc.groups, tc.active_group)
+        decodes = sorted(known_codecs(), key=lambda c: (c != OPUS, c))  # best first
+        return encode_announcement(self.config.node.name, tc.groups, tc.active_group, codec_names(decodes))
 
     async def _announce_loop(self) -> None:
         while True:
@@ -733,7 +812,7 @@ class Talk:
                 self._stuck = True
 
     def _update_led(self) -> None:
-        receiving = any(i.accepted and not i.jitter.drained for i in self._in.values())
+        receiving = any(i.accepted and not i.playout.drained for i in self._in.values())
         want = "transmitting" if self._tx else ("receiving" if receiving else None)
         if want == self._led_mine:
             return

@@ -1,10 +1,13 @@
 """Talk groups: who is in which group, learnt from small announcements on a pub/sub topic.
 
-Every node publishes ``{"v": 1, "name": ..., "groups": [...], "current": ...}`` on
+Every node publishes ``{"v": 1, "name": ..., "groups": [...], "current": ..., "codecs": [...]}`` on
 `TOPIC` (at start, more often for a few seconds after a peer connects, then every few
 seconds). A sender streams to the connected peers whose ``groups`` hold its current group;
 a receiver accepts a stream only from a peer whose ``current`` group is one of its own groups
-(the group the sender talks to), and rejects it with a reason otherwise.
+(the group the sender talks to), and rejects it with a reason otherwise. ``codecs`` (added
+later within v1, so older nodes ignore it) lists the codecs the node decodes, best first; a
+node that announces none (the first version) decodes PCM S16LE only. A talker picks each
+receiver's codec from it (codec.choose_codec).
 
 The announcement rides on pub/sub rather than in the stream request because the mesh's
 stream protocol has no room for metadata, and because senders need the groups of peers
@@ -31,11 +34,15 @@ class Announcement:
     name: str
     groups: tuple[str, ...]
     current: str
+    codecs: tuple[str, ...] | None = None  # decodable codec names; None: not announced (PCM only)
 
 
-def encode_announcement(name: str, groups: list[str] | tuple[str, ...], current: str) -> bytes:
-    return json.dumps({"v": 1, "name": name, "groups": list(groups), "current": current},
-                      separators=(",", ":")).encode()
+def encode_announcement(name: str, groups: list[str] | tuple[str, ...], current: str,
+                        codecs: list[str] | tuple[str, ...] | None = None) -> bytes:
+    obj: dict[str, object] = {"v": 1, "name": name, "groups": list(groups), "current": current}
+    if codecs is not None:
+        obj["codecs"] = list(codecs)
+    return json.dumps(obj, separators=(",", ":")).encode()
 
 
 def parse_announcement(data: bytes) -> Announcement | None:
@@ -55,7 +62,12 @@ def parse_announcement(data: bytes) -> Announcement | None:
         return None
     if current not in groups:
         return None
-    return Announcement(name[:64], tuple(groups), current)
+    codecs = obj.get("codecs")
+    if codecs is not None:
+        if not isinstance(codecs, list) or len(codecs) > 16:
+            return None
+        codecs = tuple(c[:16] for c in codecs if isinstance(c, str))
+    return Announcement(name[:64], tuple(groups), current, codecs)
 
 
 class GroupDirectory:

@@ -241,3 +241,16 @@ def test_health_figures(tmp_path: Path) -> None:
     busy = cpu.sample()
     assert busy > 0.1  # generous: a shared, noisy machine
     assert cpu.sample() == busy  # too soon for a new window
+
+
+def test_talk_stream_fields_round_trip_and_are_bounded() -> None:
+    from agent.status import MAX_LISTED_STREAMS, StatusMessage, TalkStreamStatus, decode_status, encode_status
+
+    st = TalkStreamStatus(peer="12D3KooWxyz", codec="opus", delay_ms=62.5, target_ms=60.0, concealed=3,
+                          stretched_ms=41.2, late=0)
+    base = dict(node="n", peer_id="p", version="0", seq=1, uptime_s=1.0, state="ok", peers=0)
+    msg = StatusMessage(**base, frames_concealed=3, stretched_ms=41.2, talk_streams=[st])
+    back = decode_status(encode_status(msg), "p", 4096)
+    assert back.talk_streams == [st] and back.frames_concealed == 3 and back.stretched_ms == 41.2
+    with pytest.raises(ValueError):
+        StatusMessage(**base, talk_streams=[st] * (MAX_LISTED_STREAMS + 1))

@@ -1,0 +1,210 @@
+"""The adaptive playout on its own: explicit times, no clock, no network. PCM frames carry a
+recognisable signal, so what comes out can be checked sample by sample."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agent.talk.codec import make_codec
+from agent.talk.playout import AdaptivePlayout, DelayEstimator, Push
+from agent.talk.stretch import accelerate, best_period, expand
+from hw.audio.base import AudioFormat
+
+FMT = AudioFormat()
+F = FMT.frame_us        # 20 ms
+N = FMT.frame_samples   # 320
+
+
+def po(**kw: int) -> AdaptivePlayout:
+    return AdaptivePlayout(FMT, lambda c: make_codec(c, FMT), min_delay_us=kw.pop("min_delay_us", 40_000),
+                           max_delay_us=kw.pop("max_delay_us", 400_000), **kw)
+
+
+def ramp_frame(seq: int) -> bytes:
+    """Frame ``seq``: every sample holds seq+1 (so frames are told apart, and none is silent)."""
+    return np.full(N, 1000 + seq, dtype="<i2").tobytes()
+
+
+def voiced(n_frames: int, hz: float = 125.0, start: int = 0) -> list[bytes]:
+    t = (np.arange(n_frames * N) + start * N) / FMT.rate
+    x = 6000 * np.sin(2 * np.pi * hz * t) + 2000 * np.sin(2 * np.pi * 2 * hz * t)
+    x = np.rint(x).astype("<i2")
+    return [x[i * N:(i + 1) * N].tobytes() for i in range(n_frames)]
+
+
+def run(p: AdaptivePlayout, arrivals: list[tuple[int, int, bytes]], until_us: int, t0: int = 0,
+        close: bool = False) -> list[bytes | None]:
+    """Push (arrival_us, seq, payload) in time order, pull every 20 ms from t0 to until_us
+    (``close``: the stream closes once the last frame has arrived)."""
+    out: list[bytes | None] = []
+    i, now = 0, t0
+    arrivals = sorted(arrivals)
+    while now < until_us:
+        while i < len(arrivals) and arrivals[i][0] <= now:
+            at, seq, data = arrivals[i]
+            p.push(seq, seq * F, data, at)
+            i += 1
+        if close and i == len(arrivals) and not p.closed:
+            p.close()
+        got = p.pull(now)
+        out.append(None if got is None else got.pcm)
+        now += F
+    return out
+
+
+def levels(out: list[bytes | None]) -> list[int]:
+    """The frame numbers played, one per pulled frame (-1 for anything not a ramp frame)."""
+    res = []
+    for o in out:
+        if o is None:
+            continue
+        v = np.frombuffer(o, "<i2")
+        res.append(int(v[0]) - 1000 if np.all(v == v[0]) and v[0] >= 1000 else -1)
+    return res
+
+
+def test_clean_link_plays_every_frame_in_order_at_the_lowest_target() -> None:
+    p = po()
+    arr = [(s * F + 1000, s, ramp_frame(s)) for s in range(100)]
+    out = run(p, arr, 100 * F + 200_000, close=True)
+    played = levels(out)
+    assert played == list(range(100)), played[:20]
+    st = p.stats()
+    assert st.concealed == st.late == st.lost == 0 and st.stretched_ms == 0
+    assert st.target_ms == 40.0  # transit never varied: the lowest target
+
+
+def test_reordering_within_the_buffer_is_repaired() -> None:
+    p = po()
+    order = [1, 0, 3, 2, 5, 4, 7, 6, 9, 8]
+    arr = [(i * F, s, ramp_frame(s)) for i, s in enumerate(order)]
+    out = run(p, arr, 10 * F + 100_000, close=True)
+    assert levels(out) == list(range(10))
+    assert p.stats().late == 0
+
+
+def test_duplicates_and_late_frames_are_counted_not_played() -> None:
+    p = po()
+    assert p.push(0, 0, ramp_frame(0), 0) is Push.QUEUED
+    assert p.push(0, 0, ramp_frame(0), 1) is Push.DUPLICATE
+    p.push(1, F, ramp_frame(1), F)
+    p.push(3, 3 * F, ramp_frame(3), 2 * F)
+    for t in range(2, 8):
+        p.pull(t * F)
+    assert p.push(2, 2 * F, ramp_frame(2), 8 * F) is Push.LATE  # 3 was here: 2 was given up
+    st = p.stats()
+    assert st.duplicates == 1 and st.late == 1 and st.lost == 1
+
+
+def test_a_stall_is_concealed_then_every_frame_plays_and_the_delay_comes_back_in_silence() -> None:
+    """Frames 20..34 are held back 300 ms (a TCP retransmission timeout), then arrive at once.
+    Nothing is cut: all 60 speech frames play in order; the stall's extra delay is shed later by
+    dropping silence, not speech."""
+    p = po()
+    speech = [ramp_frame(s) for s in range(60)]
+    silence = [bytes(FMT.frame_bytes)] * 40
+    frames = speech + silence
+    arr = []
+    for s, data in enumerate(frames):
+        at = s * F + 1000
+        if 20 <= s < 35:
+            at = max(at, 35 * F)  # held back until frame 35 would have come
+        arr.append((at, s, data))
+    out = run(p, arr, len(frames) * F + 300_000, close=True)
+    played = [x for x in levels(out) if x >= 0]
+    assert played == list(range(60)), "speech frames were cut or reordered"
+    st = p.stats()
+    assert st.concealed >= 5 and st.late == 0 and st.lost == 0 and st.overflow == 0
+    assert st.silence_ms > 100, st      # the delay came back down by dropping silence
+    assert st.accelerated_ms == 0       # ... without touching speech (the excess was moderate)
+
+
+def test_target_follows_stalls_up_and_comes_back_down() -> None:
+    est = DelayEstimator(min_us=40_000, max_us=400_000, forget_s=4.0)
+    t = 0
+    for s in range(1500):  # 30 s with a 200 ms stall every second
+        at = s * F + 1000
+        if s % 50 in range(40, 50):
+            at = (s // 50) * 50 * F + 50 * F + 1000
+        est.add(at, s * F)
+    high = est.target_us
+    assert 150_000 <= high <= 400_000, high
+    for s in range(1500, 1500 + 1000):  # 20 s clean
+        est.add(s * F + 1000, s * F)
+    assert est.target_us == 40_000, est.target_us
+
+
+def test_speech_is_accelerated_with_its_pitch_kept_when_the_buffer_is_far_too_deep() -> None:
+    p = po(max_delay_us=600_000)
+    frames = voiced(80)
+    # 400 ms of frames all at once, then the rest on time: far deeper than the 40 ms target
+    arr = [(max(s * F, 20 * F), s, f) for s, f in enumerate(frames)]
+    out = run(p, arr, 120 * F, t0=20 * F, close=True)
+    st = p.stats()
+    assert st.accelerated_ms > 40, st
+    assert st.concealed == 0 and st.late == 0
+    played = np.concatenate([np.frombuffer(o, "<i2") for o in out if o is not None]).astype(float)
+    seg = played[N * 10:N * 30]
+    spec = np.abs(np.fft.rfft(seg * np.hanning(len(seg))))
+    peak = np.fft.rfftfreq(len(seg), 1 / FMT.rate)[int(np.argmax(spec))]
+    assert abs(peak - 125) < 10, f"pitch moved to {peak:.0f} Hz"
+
+
+def test_a_long_outage_rebuffers_and_stale_frames_become_late() -> None:
+    p = po(max_delay_us=200_000)
+    arr = [(s * F, s, ramp_frame(s)) for s in range(10)]
+    run(p, arr, 10 * F)
+    for t in range(10, 40):  # 600 ms with nothing
+        p.pull(t * F)
+    assert not p.playing and p.stats().rebuffers == 1
+    p.push(30, 30 * F, ramp_frame(30), 40 * F)
+    out = run(p, [], 70 * F, t0=41 * F)  # it came 200 ms late: the target went up, so it waits longer
+    assert 30 in levels(out)
+
+
+def test_close_plays_out_what_is_buffered_then_drains() -> None:
+    p = po()
+    for s in range(5):
+        p.push(s, s * F, ramp_frame(s), 0)
+    p.close()
+    got = [p.pull(t * F) for t in range(8)]
+    assert levels([g.pcm if g else None for g in got]) == [0, 1, 2, 3, 4]
+    assert p.drained
+
+
+def test_timestamps_of_played_audio_are_reported() -> None:
+    p = po()
+    for s in range(5):
+        p.push(s, 1_000_000 + s * F, ramp_frame(s), 0)
+    p.close()
+    got = [p.pull(t * F) for t in range(5)]
+    assert [g.timestamp_us for g in got if g] == [1_000_000 + s * F for s in range(5)]
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ValueError):
+        po(min_delay_us=100_000, max_delay_us=50_000)
+    with pytest.raises(ValueError):
+        DelayEstimator(min_us=0, max_us=100, quantile=1.5)
+
+
+# --- time-stretching ---------------------------------------------------------------------------
+
+def test_accelerate_and_expand_remove_and_add_one_pitch_period() -> None:
+    x = np.frombuffer(b"".join(voiced(2, hz=100.0)), "<i2")  # 640 samples, period 160
+    p, c = best_period(x, FMT.rate)
+    assert abs(p - 160) <= 2 and c > 0.95
+    shorter, removed = accelerate(x, FMT.rate)
+    longer, added = expand(x, FMT.rate)
+    assert removed == added == p and len(shorter) == 640 - p and len(longer) == 640 + p
+    # no click at the joins: neighbouring samples stay as close as in the original
+    step = np.abs(np.diff(x.astype(float))).max()
+    for y in (shorter, longer):
+        assert np.abs(np.diff(y.astype(float))).max() <= step * 1.2
+
+
+def test_loud_noise_is_not_stretched() -> None:
+    rng = np.random.default_rng(1)
+    x = np.rint(rng.normal(0, 5000, 640)).astype(np.int16)
+    assert accelerate(x, FMT.rate)[1] == 0 and expand(x, FMT.rate)[1] == 0
