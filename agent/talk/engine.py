@@ -592,7 +592,7 @@ class Talk:
             except AviP2pError as exc:
                 log.debug("relay pre-roll on %x: %s", sid, exc)
                 break
-            self.frames_relayed += 1
+            self.frames_relayed += self._frames_in(codec, payload)
 
     async def _relay_frame(self, ins: _In, ev: AudioData) -> None:
         """Forward one frame, unchanged (payload, codec, capture time), to our children."""
@@ -607,7 +607,7 @@ class Talk:
             except AviP2pError as exc:
                 log.debug("relay on %x: %s", sid, exc)
             else:
-                self.frames_relayed += 1
+                self.frames_relayed += self._frames_in(ev.codec, ev.data)
 
     def _stop_relay(self, ins: _In) -> None:
         for sid in [s for s in ins.relay_out.values() if s is not None]:
@@ -649,15 +649,19 @@ class Talk:
             if self.frames_bad in (1, 100) or self.frames_bad % 10_000 == 0:
                 log.warning("frames from %s dropped: no decoder for codec %d", ins.peer, ev.codec)
             return ins  # still relayed: a child may know the codec
-        counter = self._frame_counters.get(ev.codec)
-        if counter is None:
-            counter = self._frame_counters[ev.codec] = make_codec(ev.codec, self.format)
-        try:
-            self.frames_received += counter.frames_in(ev.data)
-        except CodecError:
-            self.frames_received += 1  # the playout counts it lost when it fails to decode
+        self.frames_received += self._frames_in(ev.codec, ev.data)
         ins.playout.push(ev.sequence, ev.timestamp_us, ev.data, self._clock(), ev.codec)
         return ins
+
+    def _frames_in(self, codec: int, payload: bytes) -> int:
+        """Capture frames in a payload (1 when it cannot be told: the playout counts it lost)."""
+        counter = self._frame_counters.get(codec)
+        try:
+            if counter is None:
+                counter = self._frame_counters[codec] = make_codec(codec, self.format)
+            return counter.frames_in(payload)
+        except CodecError:
+            return 1
 
     def _on_announcement(self, peer: PeerId, data: bytes) -> None:
         if b'"plan"' in data[:64]:
