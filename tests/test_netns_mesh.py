@@ -563,7 +563,7 @@ def test_partition_halves_work_alone_and_heal(rig4: Rig, fleet) -> None:
     for name, t in heal.items():
         assert t < RECOVER_S, f"{name}: not hearing every host within {RECOVER_S} s of the heal"
     # Pub/sub flows again through whichever links come back first; every direct connection
-    # follows once the redial loop (at most REDIAL_MAX_S apart) gets through.
+    # follows once the redial loop (backing off to redial_max_s) gets through.
     t_full = wait_until(lambda: full_mesh(nodes), timeout=RECOVER_S)
     print(f"heal: every host connected to every other again {t_full} s later")
     for n in nodes:

@@ -44,6 +44,10 @@ class AviP2pConfig(BaseModel):
     pubsub_rate_limit: int = Field(200, ge=1, le=10000)
     max_message_size: int = Field(64 * 1024, ge=1024, le=1024 * 1024)
     discovery_interval: float = Field(10.0, ge=1.0, le=3600.0)
+    # A known peer that is not connected is redialled with doubling gaps (from 1 s) up to this ...
+    redial_max_s: float = Field(15.0, ge=1.0, le=3600.0)
+    # ... and forgotten once missing this long (configured bootstrap peers never are).
+    forget_after_s: float = Field(300.0, ge=1.0, le=7 * 24 * 3600.0)
 
     @field_validator("bootstrap_peers")
     @classmethod
@@ -73,6 +77,13 @@ class AviP2pConfig(BaseModel):
     def dial_target(self) -> int:
         """Connections the node dials towards: target_peers, never above max_peers."""
         return min(self.target_peers, self.max_peers)
+
+    @model_validator(mode="after")
+    def _check_redial(self) -> AviP2pConfig:
+        if self.forget_after_s < self.redial_max_s:
+            raise ValueError(f"forget_after_s ({self.forget_after_s:g} s) must be at least redial_max_s "
+                             f"({self.redial_max_s:g} s)")
+        return self
 
     @model_validator(mode="after")
     def _check_liveness(self) -> AviP2pConfig:

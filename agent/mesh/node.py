@@ -39,6 +39,7 @@ from .events import (AudioData, AudioStreamClosed, AudioStreamRequested, Event, 
 from .frames import PROTOCOL_ID
 from .identity import load_or_create_identity
 from .peering import choose_dials, dial_budget
+from .redial import RedialPolicy
 
 log = logging.getLogger("agent.mesh")
 
@@ -57,6 +58,9 @@ class _ConnectionGone(Exception):
 # While a known peer is missing it is redialled at least this often (a failed dial is cheap),
 # so a node rejoins within seconds of the network coming back.
 REDIAL_MAX_S = 2.0
+# Each missing peer has its own schedule (agent/mesh/redial.py): 1 s after it left, then doubling
+# gaps up to `redial_max_s`; forgotten after `forget_after_s` of failed dials (bootstrap excepted).
+REDIAL_FIRST_S = 1.0
 DIAL_TIMEOUT_S = 5.0
 
 
@@ -74,6 +78,7 @@ class NodeStats:
     audio_frames_dropped: int
     connections_refused: int
     streams: tuple[StreamStats, ...]
+    peers_forgotten: int = 0  # departed peers given up on after `forget_after_s`
 
 
 class _NetworkEvents(INotifee):
@@ -155,6 +160,9 @@ class AviP2p:
         self._announced: dict[PeerId, None] = {}  # peers reported as PeerDiscovered (ordered set)
         self._dialing: set[PeerId] = set()
         self._rng = random.Random()
+        self._redial = RedialPolicy(first_s=REDIAL_FIRST_S, max_s=config.redial_max_s,
+                                    forget_after_s=config.forget_after_s,
+                                    max_tracked=config.max_peers * MAX_KNOWN_PEERS_FACTOR, rng=self._rng)
         self._sessions: dict[StreamId, AudioSession] = {}
         self._topics: set[str] = set()
         self._nursery: trio.Nursery | None = None
@@ -423,6 +431,7 @@ class AviP2p:
                 if not getattr(c, "is_closed", False)]
         if live and peer not in self._peers:
             self._refused_by.pop(peer, None)
+            self._redial.connected(peer)
             address = _conn_address(conn)
             self._peers[peer] = address
             self._remember(peer)
@@ -434,7 +443,9 @@ class AviP2p:
         del self._peers[peer]
         for session in [s for s in self._sessions.values() if s.peer_id == peer]:
             self._nursery_soon(session.close, "peer-gone: disconnected")
-        self._discover_now.set()  # start redialling now, with a short backoff
+        # Redialled after a moment, then backing off; forgotten if it does not come back.
+        self._redial.missing(peer, trio.current_time(), departed=True)
+        self._discover_now.set()
         await self._emit(PeerDisconnected(peer))
 
     async def _reconcile_peers(self) -> None:
@@ -502,9 +513,13 @@ class AviP2p:
                 while len(self._announced) > self.config.max_peers * MAX_KNOWN_PEERS_FACTOR:
                     self._announced.pop(next(iter(self._announced)))
                 await self._emit(PeerDiscovered(peer))
-            if peer not in self._peers and dial_budget(len(self._peers), len(self._dialing),
-                                                       self.config.dial_target) > 0:
-                self._dial_quietly(info)
+            if peer not in self._peers:
+                now = trio.current_time()
+                self._redial.missing(peer, now)  # new: due at once; already missing: keeps its back-off
+                if peer in self._redial.due(now) and dial_budget(len(self._peers), len(self._dialing),
+                                                                 self.config.dial_target) > 0:
+                    self._redial.attempted(peer, now)
+                    self._dial_quietly(info)
 
     def _dial_quietly(self, info: PeerInfo) -> None:
         """Start a dial in the background (counted in `_dialing` at once, so the dial budget
@@ -565,23 +580,38 @@ class AviP2p:
             info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
             bootstrap.append(info)
             self._host.get_peerstore().add_addrs(info.peer_id, info.addrs, 3600 * 24)
+        boot = {PeerId(i.peer_id.to_base58()) for i in bootstrap}
+        for peer in boot:
+            self._redial.add_permanent(peer, trio.current_time())
         delay = 0.5
         while True:
             await self._reconcile_peers()
             for info in bootstrap:
                 self._remember(PeerId(info.peer_id.to_base58()), info)
-            boot = {PeerId(i.peer_id.to_base58()) for i in bootstrap}
             now = trio.current_time()
-            candidates = [p for p in self._known
-                          if p not in self._refused_by or self._refused_by[p][0] <= now]
+            for peer in list(self._known):
+                if peer in self._peers:
+                    self._redial.connected(peer)
+                else:
+                    self._redial.missing(peer, now)
+            for peer in self._redial.expired(now):
+                self._known.pop(peer, None)
+                log.info("forgot departed peer %s: unreachable for %g s", peer, self.config.forget_after_s,
+                         extra={"peer": peer})
+            # Candidates: missing peers whose redial time has come (each backs off on its own).
+            candidates = [p for p in self._redial.due(now) if p in self._known
+                          and (p not in self._refused_by or self._refused_by[p][0] <= now)]
             for peer in choose_dials(candidates, self._peers, self._dialing, self.config.dial_target,
                                      self._rng, always=boot):
+                self._redial.attempted(peer, now)
                 self._dial_quietly(self._known[peer])
             short = len(self._peers) < self.config.dial_target
             # Kademlia rounds only while short of peers: at full degree they only cost traffic.
             if self._dht is not None and self._peers and short:
                 await self._dht_round()
-            with trio.move_on_after(delay):
+            wake = self._redial.next_at() if short else None  # the next redial that may be needed
+            sleep = delay if wake is None else min(delay, max(0.05, wake - trio.current_time()))
+            with trio.move_on_after(sleep):
                 await self._discover_now.wait()
             if self._discover_now.is_set():
                 self._discover_now = trio.Event()
@@ -735,6 +765,7 @@ class AviP2p:
             audio_frames_dropped=self._audio_dropped + sum(s.frames_dropped for s in sessions),
             connections_refused=self._refused,
             streams=sessions,
+            peers_forgotten=self._redial.forgotten,
         )
 
 
