@@ -3,7 +3,19 @@
 Context goes in ``extra``: ``log.info("peer connected", extra={"peer": pid, "stream": sid})``.
 In the journal these become ``PEER=`` / ``STREAM=`` fields (plus ``NODE=`` and
 ``SYSLOG_IDENTIFIER=avi-agent`` on every entry), so ``journalctl -u avi-agent PEER=12D3...``
-filters by peer; on stderr they are appended as ``peer=12D3...``.
+filters by peer; on stderr they are appended as ``peer=12D3Ko…WmweQAJU`` (peer ids shortened
+the way ``avi-agent monitor`` shows them).
+
+Fit for an SD card:
+- py-libp2p's records (it sets its logger to not propagate, with no handler: they would reach
+  Python's last-resort handler as bare stderr lines) go through the same handler, format and
+  journald fields, at ``logging.libp2p_level`` (:func:`adopt_libp2p_logging`, called again after
+  py-libp2p is imported, since its import resets its logger).
+- Repeated records are summarised by :class:`Summarizer`: py-libp2p's by message shape (numbers,
+  addresses and peer ids ignored), ours when they carry ``extra={"_summary": key}``. At most one
+  line per key per ``SUMMARY_PERIOD_S`` (60 s), the later ones counted into a ``repeated=N``
+  line at the end of the period.
+- ``journal = "always"`` without a journald socket falls back to stderr with one warning.
 """
 
 from __future__ import annotations
@@ -16,15 +28,31 @@ import re
 import sys
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TextIO
 
 from agent.config import LoggingConfig
 
 __all__ = ["SYSLOG_IDENTIFIER", "setup_logging", "use_journal", "journal_fields",
-           "extra_fields", "ReadableFormatter"]
+           "extra_fields", "ReadableFormatter", "Summarizer", "adopt_libp2p_logging", "short_peer_ids",
+           "JOURNAL_SOCKET", "SUMMARY_PERIOD_S"]
 
 SYSLOG_IDENTIFIER = "avi-agent"
+JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
+SUMMARY_PERIOD_S = 60.0
+LEVEL_WIDTH = len("CRITICAL")
+_PEER_ID_RE = re.compile(r"(?<![/\w])(12D3KooW[1-9A-HJ-NP-Za-km-z]{44}|Qm[1-9A-HJ-NP-Za-km-z]{44})(?!\w)")
+# What makes two records of py-libp2p "the same message": its text with the parts that vary
+# (peer ids, addresses, ports, counts, hex) blanked out.
+_SHAPE_RE = re.compile(r"12D3KooW\w+|Qm\w{44}|/ip[46]/\S+|\d+(?:\.\d+)*(?::\d+)?|0x[0-9a-f]+|\b[0-9a-f]{8,}\b")
+
+
+def short_peer_ids(text: str) -> str:
+    """``12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA`` -> ``12D3Ko…WmweQAJU`` (as the
+    monitor shows them), except inside multiaddrs (``/p2p/<id>`` stays whole, to be copied)."""
+    return _PEER_ID_RE.sub(lambda m: f"{m[1][:6]}…{m[1][-8:]}", text)
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
@@ -107,13 +135,15 @@ def _quote(value: Any) -> str:
 
 
 class ReadableFormatter(logging.Formatter):
-    """``2026-11-25 21:00:00.123 INFO  mesh: peer connected peer=12D3...`` (local time)."""
+    """``2026-11-25 21:00:00.123 INFO     mesh: peer connected peer=12D3Ko…WmweQAJU`` (local
+    time, the level padded to one width so the messages line up, peer ids shortened)."""
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
         name = record.name.removeprefix("agent.")
-        line = f"{stamp}.{int(record.msecs):03d} {record.levelname:<5} {name}: {record.getMessage()}"
-        extras = " ".join(f"{k}={_quote(v)}" for k, v in extra_fields(record).items())
+        line = (f"{stamp}.{int(record.msecs):03d} {record.levelname:<{LEVEL_WIDTH}} {name}: "
+                f"{short_peer_ids(record.getMessage())}")
+        extras = " ".join(f"{k}={_quote(short_peer_ids(str(v)))}" for k, v in extra_fields(record).items())
         if extras:
             line += " " + extras
         if record.exc_info and record.exc_info[0] is not None:
@@ -144,22 +174,145 @@ def use_journal(mode: str, env: Mapping[str, str] | None = None, stream: TextIO 
     return (st.st_dev, st.st_ino) == (int(dev), int(ino))
 
 
+# ---- summaries of repeated records ------------------------------------------------------------
+@dataclass(slots=True)
+class _Window:
+    start: float
+    suppressed: int = 0
+    last: logging.LogRecord | None = None
+
+
+class Summarizer(logging.Filter):
+    """A handler filter: at most one line per key per ``period`` seconds.
+
+    The first record of a quiet key passes at once; the ones after it within the period are
+    counted, and the count comes out as one line when the period ends (the last suppressed
+    record, with `` (repeated N times in the last 60 s)`` and a ``repeated=N`` field), either
+    with the next record of that key or from :meth:`flush`, which the service calls every few
+    seconds. Records without a key pass untouched. Explicit time (``clock``) for tests;
+    bounded (``max_keys``, the oldest key dropped first)."""
+
+    def __init__(self, period: float = SUMMARY_PERIOD_S, *, clock: Callable[[], float] = time.monotonic,
+                 max_keys: int = 512) -> None:
+        super().__init__()
+        self.period = period
+        self.clock = clock
+        self.max_keys = max_keys
+        self.handler: logging.Handler | None = None
+        self._windows: dict[Hashable, _Window] = {}
+        self.suppressed = 0  # records held back so far (all keys)
+
+    @staticmethod
+    def key(record: logging.LogRecord) -> Hashable | None:
+        explicit = record.__dict__.get("_summary")
+        if explicit is not None:
+            return ("key", record.name, str(explicit))
+        if record.name == "libp2p" or record.name.startswith("libp2p."):
+            try:
+                text = str(record.msg) % record.args if record.args else str(record.msg)
+            except (TypeError, ValueError):
+                text = str(record.msg)
+            return ("libp2p", record.name, record.levelno, _SHAPE_RE.sub("#", text)[:200])
+        return None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.__dict__.get("_avi_summary_line"):
+            return True
+        key = self.key(record)
+        if key is None:
+            return True
+        now = self.clock()
+        w = self._windows.get(key)
+        if w is None:
+            self._windows[key] = _Window(now)
+            while len(self._windows) > self.max_keys:
+                self._windows.pop(next(iter(self._windows)))
+            return True
+        if now - w.start < self.period:
+            w.suppressed += 1
+            w.last = record
+            self.suppressed += 1
+            return False
+        n, old_start = w.suppressed, w.start
+        w.start, w.suppressed, w.last = now, 0, None
+        if n:  # the period ended without a flush: this record carries the count
+            self._mark(record, n + 1, f"in the last {now - old_start:.0f} s")
+        return True
+
+    @staticmethod
+    def _mark(record: logging.LogRecord, times: int, span: str) -> None:
+        record.msg = f"{record.getMessage()} (repeated {times} times {span})"
+        record.args = None
+        record.repeated = times
+
+    def flush(self, now: float | None = None) -> int:
+        """End the periods that are over: one summary line for each key with held-back records;
+        keys that stayed quiet are dropped (their next record passes at once). Returns the
+        number of lines written."""
+        now = self.clock() if now is None else now
+        written = 0
+        for key, w in list(self._windows.items()):
+            if now - w.start < self.period:
+                continue
+            if w.suppressed and w.last is not None:
+                line = logging.makeLogRecord(dict(w.last.__dict__))
+                self._mark(line, w.suppressed, f"in the last {self.period:g} s")
+                line._avi_summary_line = True
+                w.start, w.suppressed, w.last = now, 0, None
+                if self.handler is not None and line.levelno >= self.handler.level:
+                    self.handler.handle(line)
+                    written += 1
+            else:
+                del self._windows[key]
+        return written
+
+
+def adopt_libp2p_logging(level: str | int | None = None) -> None:
+    """Route py-libp2p's records through our handler: importing ``libp2p`` clears its logger's
+    handlers, sets ``propagate = False`` and WARNING, so call this after that import (again)."""
+    lg = logging.getLogger("libp2p")
+    for h in list(lg.handlers):
+        lg.removeHandler(h)
+    lg.propagate = True
+    if level is None:
+        level = _state.get("libp2p_level")
+    if level is not None:
+        lg.setLevel(level)
+
+
+_state: dict[str, Any] = {}
+
+
+def journal_available(socket_path: Path | None = None) -> bool:
+    return (socket_path or JOURNAL_SOCKET).exists()
+
+
 def setup_logging(cfg: LoggingConfig, node_name: str, *, env: Mapping[str, str] | None = None,
-                  stream: TextIO | None = None) -> logging.Handler:
+                  stream: TextIO | None = None, journal_socket: Path | None = None,
+                  clock: Callable[[], float] = time.monotonic) -> logging.Handler:
     """Install the one agent handler on the root logger (replacing an earlier one, so it can be
-    called again on reload) and set the levels. Returns the handler."""
+    called again on reload) and set the levels. Returns the handler (its ``summarizer``
+    attribute is the :class:`Summarizer`; call its ``flush()`` now and then)."""
     stream = sys.stderr if stream is None else stream
     handler: logging.Handler | None = None
     fallback_reason = None
     if use_journal(cfg.journal, env, stream):
-        try:
-            handler = _journal_handler_class()(node_name)
-        except ImportError:
-            fallback_reason = "systemd-python is not installed; logging to stderr instead of the journal"
+        if cfg.journal == "always" and not journal_available(journal_socket):
+            fallback_reason = (f'logging.journal = "always" but there is no journald socket '
+                               f"({journal_socket or JOURNAL_SOCKET}): logging to stderr instead")
+        else:
+            try:
+                handler = _journal_handler_class()(node_name)
+            except ImportError:
+                fallback_reason = "systemd-python is not installed; logging to stderr instead of the journal"
     if handler is None:
         handler = logging.StreamHandler(stream)
         handler.setFormatter(ReadableFormatter())
     handler._avi_agent = True  # type: ignore[attr-defined]  # marks ours for replacement
+    summarizer = Summarizer(clock=clock)
+    summarizer.handler = handler
+    handler.addFilter(summarizer)
+    handler.summarizer = summarizer  # type: ignore[attr-defined]
 
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "_avi_agent", False)]:
@@ -167,7 +320,16 @@ def setup_logging(cfg: LoggingConfig, node_name: str, *, env: Mapping[str, str] 
         old.close()
     root.addHandler(handler)
     root.setLevel(cfg.level)
-    logging.getLogger("libp2p").setLevel(cfg.libp2p_level)
+    _state["libp2p_level"] = cfg.libp2p_level
+    adopt_libp2p_logging(cfg.libp2p_level)
     if fallback_reason:
         logging.getLogger("agent.logs").warning(fallback_reason)
     return handler
+
+
+def current_summarizer() -> Summarizer | None:
+    """The summarizer of the installed agent handler, if any."""
+    for h in logging.getLogger().handlers:
+        if getattr(h, "_avi_agent", False):
+            return getattr(h, "summarizer", None)
+    return None

@@ -85,7 +85,10 @@ class Monitor:
             "node_name": f"{self.config.node.name}-monitor"[:64]})
 
     async def run(self) -> int:
+        from agent.logs import adopt_libp2p_logging
         from agent.mesh import AviP2p
+
+        adopt_libp2p_logging()  # py-libp2p's import set its logger to bypass ours
 
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as n:

@@ -32,7 +32,7 @@ import trio
 
 from agent.config import AgentConfig, ConfigError, EX_CONFIG, load_config
 from agent.health import ProcessCpu, load_average, soc_temperature
-from agent.logs import setup_logging
+from agent.logs import adopt_libp2p_logging, current_summarizer, setup_logging
 from agent.mesh.errors import AviP2pError, DialError
 from agent.mesh.errors import ConfigError as MeshConfigError
 from agent.mesh.events import (AudioData, AudioStreamAccepted, AudioStreamClosed, AudioStreamRequested,
@@ -361,6 +361,7 @@ class Service:
         import importlib
 
         await trio.to_thread.run_sync(importlib.import_module, "agent.mesh.node")
+        adopt_libp2p_logging()  # its import set its logger to bypass ours
         from agent.mesh import AviP2p
 
         delay = 1.0
@@ -479,10 +480,10 @@ class Service:
                 case Started():
                     continue
                 case PeerConnected(peer_id=p, address=a):
-                    log.info("peer connected: %s at %s", p, a, extra={"peer": p})
+                    log.info("peer connected: %s at %s", p, a, extra={"peer": p, "_summary": "peers"})
                     self.changed()
                 case PeerDisconnected(peer_id=p):
-                    log.info("peer disconnected: %s", p, extra={"peer": p})
+                    log.info("peer disconnected: %s", p, extra={"peer": p, "_summary": "peers"})
                     self.changed()
                 case PeerDiscovered(peer_id=p):
                     log.debug("peer discovered: %s", p, extra={"peer": p})
@@ -606,6 +607,9 @@ class Service:
             with trio.move_on_after(STATUS_LINE_PERIOD_S):
                 await self._changed.wait()
             self._changed = trio.Event()
+            summarizer = current_summarizer()
+            if summarizer is not None:
+                summarizer.flush()  # repeated log lines: their count, once a minute
             self._device_health()
             self._update_led()
             if self.phase == "stopping":

@@ -231,7 +231,8 @@ class FleetView:
             if len(self._nodes) >= self.max_nodes:
                 self._evict_one()
             self._nodes[msg.peer_id] = _Slot(msg, now)
-            log.info("fleet: first status from %s (%s)", msg.node, msg.peer_id, extra={"peer": msg.peer_id})
+            log.info("fleet: first status from %s (%s)", msg.node, msg.peer_id,
+                     extra={"peer": msg.peer_id, "_summary": "fleet"})
         else:
             # The latest to arrive wins: messages are seconds apart, and a restarted node
             # legitimately starts again at seq 0.

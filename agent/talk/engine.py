@@ -776,11 +776,20 @@ class Talk:
         self._update_led()
 
     async def _sink_loop(self) -> None:
+        # One frame of silence ahead of the playout clock, at the start and after the device ran
+        # dry: a frame handed over on time (or a few ms late) then never finds the device's buffer
+        # empty, which a sound card (and the fake) counts and logs as an underrun (costs 20 ms).
+        silence = bytes(self.sink.format.frame_bytes)
+        xruns = -1
         while True:
             item = await self._queue.get()
             now = self._clock()
             for ts in item.timestamps:
                 self._latency.add(now - ts)
+            seen = self.sink.stats().xruns
+            if seen != xruns:
+                xruns = seen
+                await self.sink.write(silence)
             await self.sink.write(item.pcm)
 
     # --- groups, housekeeping, LED -----------------------------------------------------------

@@ -48,6 +48,9 @@ def _alsaaudio() -> Any:
             "pyalsaaudio is not installed (pip install pyalsaaudio; needs libasound2-dev); "
             "or use the fake audio backend (audio.backend = 'fake')"
         ) from e
+    from hw.audio.alsalib import capture_alsa_errors
+
+    capture_alsa_errors()  # alsa-lib's own stderr lines -> our log, at DEBUG
     return alsaaudio
 
 

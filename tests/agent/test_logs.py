@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from agent.config import LoggingConfig
-from agent.logs import ReadableFormatter, journal_fields, setup_logging, use_journal
+from agent.logs import (ReadableFormatter, Summarizer, adopt_libp2p_logging, journal_fields, setup_logging,
+                        short_peer_ids, use_journal)
 
 ROOT = Path(__file__).resolve().parents[2]
 PEER = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
@@ -58,9 +59,18 @@ def test_stderr_line_format_with_extra_fields() -> None:
     logging.getLogger("agent.mesh").info("peer connected", extra={"peer": PEER, "stream": 7})
     logging.getLogger("agent.service").warning("device %s lost", "hw:0", extra={"error": "no such device"})
     lines = out.getvalue().splitlines()
-    assert re.fullmatch(rf"{LINE_RE} INFO  mesh: peer connected peer={PEER} stream=7", lines[0]), lines
-    assert re.fullmatch(rf'{LINE_RE} WARNING service: device hw:0 lost error="no such device"',
+    short = f"{PEER[:6]}…{PEER[-8:]}"  # as the monitor shows it
+    assert re.fullmatch(rf"{LINE_RE} INFO     mesh: peer connected peer={short} stream=7", lines[0]), lines
+    assert re.fullmatch(rf'{LINE_RE} WARNING  service: device hw:0 lost error="no such device"',
                         lines[1]), lines
+    # The level column has one width, so the messages line up.
+    assert lines[0].index(" mesh:") == lines[1].index(" service:")
+
+
+def test_peer_ids_are_shortened_except_in_multiaddrs() -> None:
+    text = f"node {PEER} listening on /ip4/10.0.0.2/tcp/4001/p2p/{PEER}"
+    assert short_peer_ids(text) == f"node {PEER[:6]}…{PEER[-8:]} listening on /ip4/10.0.0.2/tcp/4001/p2p/{PEER}"
+    assert short_peer_ids("no ids here 12D3KooW") == "no ids here 12D3KooW"
 
 
 def test_stderr_shows_exceptions_and_respects_levels() -> None:
@@ -74,7 +84,7 @@ def test_stderr_shows_exceptions_and_respects_levels() -> None:
         log.exception("capture failed")
     text = out.getvalue()
     assert "hidden" not in text
-    assert "ERROR talk: capture failed\nTraceback (most recent call last):" in text
+    assert "ERROR    talk: capture failed\nTraceback (most recent call last):" in text
     assert "RuntimeError: xrun storm" in text
 
 
@@ -116,23 +126,30 @@ def test_auto_picks_journal_handler_when_stderr_is_the_journal(tmp_path: Path) -
         assert isinstance(setup_logging(LoggingConfig(), "n", env={}, stream=f), logging.StreamHandler)
 
 
-def test_journal_handler_is_silent_without_journald(capsys: pytest.CaptureFixture[str]) -> None:
-    handler = setup_logging(LoggingConfig(journal="always"), "pi-kitchen", env={})
-    from systemd.journal import JournalHandler
-
-    assert isinstance(handler, JournalHandler)
+def test_journal_always_without_journald_falls_back_to_stderr_with_one_warning(tmp_path: Path) -> None:
+    """journal = "always" where no journald listens (journal.send would drop every line
+    silently): stderr instead, and one warning saying so."""
+    out = io.StringIO()
+    handler = setup_logging(LoggingConfig(journal="always"), "pi-kitchen", env={}, stream=out,
+                            journal_socket=tmp_path / "no-socket")
+    assert isinstance(handler, logging.StreamHandler) and isinstance(handler.formatter, ReadableFormatter)
     logging.getLogger("agent.mesh").info("peer connected", extra={"peer": PEER})
-    assert "Logging error" not in capsys.readouterr().err
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2, lines
+    assert "WARNING  logs: logging.journal = \"always\" but there is no journald socket" in lines[0]
+    assert "peer connected" in lines[1]
 
 
-def test_falls_back_to_stderr_without_systemd_python(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_falls_back_to_stderr_without_systemd_python(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import agent.logs as logs
 
     logs._journal_handler_class.cache_clear()
     monkeypatch.setitem(sys.modules, "systemd", None)
     out = io.StringIO()
     try:
-        handler = setup_logging(LoggingConfig(journal="always"), "n", env={}, stream=out)
+        sock = tmp_path / "socket"
+        sock.touch()  # a journald socket exists, but the module to use it does not
+        handler = setup_logging(LoggingConfig(journal="always"), "n", env={}, stream=out, journal_socket=sock)
     finally:
         logs._journal_handler_class.cache_clear()
     assert isinstance(handler, logging.StreamHandler)
@@ -216,3 +233,109 @@ def test_entry_reaches_a_journal_socket_with_fields(tmp_path: Path) -> None:
     assert fields["PEER"] == PEER and fields["STREAM"] == "5"
     assert fields["NODE"] == "pi-kitchen" and fields["SYSLOG_IDENTIFIER"] == "avi-agent"
     assert fields["PRIORITY"] == "6"
+
+
+# --- an SD card: summaries, py-libp2p, alsa-lib ----------------------------------------------
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_summarizer_one_line_per_key_per_minute_with_a_count() -> None:
+    clock = Clock()
+    out = io.StringIO()
+    handler = setup_logging(LoggingConfig(journal="never"), "n", stream=out, env={}, clock=clock)
+    s: Summarizer = handler.summarizer
+    lg = logging.getLogger("libp2p.transport.tcp.tcp")
+    for i in range(300):  # a departed peer redialled every 0.2 s for a minute, different ports
+        lg.error("Failed to open TCP stream: all attempts to connect to 127.0.0.1:%d failed", 40000 + i)
+        logging.getLogger("agent.service").info("peer connected: %s", i, extra={"_summary": "peers"})
+        clock.t += 0.2
+    logging.getLogger("agent.service").info("not summarised")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3, lines  # the first of each key, and the unkeyed line
+    assert "127.0.0.1:40000 failed" in lines[0] and "ERROR    libp2p.transport.tcp.tcp:" in lines[0]
+    clock.t += 0.1
+    assert s.flush() == 2  # the minute is over: one count line per key
+    lines = out.getvalue().splitlines()[3:]
+    assert "127.0.0.1:40299 failed (repeated 299 times in the last 60 s)" in lines[0], lines
+    assert "repeated=299" in lines[0]
+    assert "peer connected: 299 (repeated 299 times" in lines[1]
+    # The next minute: records are held back again, then counted; a quiet key is then dropped.
+    lg.error("Failed to open TCP stream: all attempts to connect to 127.0.0.1:%d failed", 1)
+    clock.t += 61
+    assert s.flush() == 1 and s.flush() == 0
+    clock.t += 61
+    assert s.flush() == 0
+    lg.error("Failed to open TCP stream: all attempts to connect to 127.0.0.1:%d failed", 2)
+    assert out.getvalue().splitlines()[-1].endswith("127.0.0.1:2 failed")  # quiet key: at once
+
+
+def test_summarizer_count_rides_on_the_next_record_without_flush() -> None:
+    clock = Clock()
+    s = Summarizer(60, clock=clock)
+    recs = [make_record("x %s", name="libp2p.swarm") for _ in range(4)]
+    for r in recs:
+        r.args = (1,)
+    assert s.filter(recs[0]) and not s.filter(recs[1]) and not s.filter(recs[2])
+    clock.t += 60
+    assert s.filter(recs[3])
+    assert recs[3].getMessage() == "x 1 (repeated 3 times in the last 60 s)" and recs[3].repeated == 3
+
+
+def test_summarizer_is_bounded() -> None:
+    s = Summarizer(60, clock=Clock(), max_keys=10)
+    for i in range(100):
+        s.filter(make_record("m", extra={"_summary": f"k{i}"}))
+    assert len(s._windows) == 10
+
+
+def test_libp2p_records_go_through_our_handler_after_its_import_resets_them() -> None:
+    """py-libp2p's import sets its logger to propagate=False with no handler (its records
+    then reach Python's last-resort handler: bare stderr lines); adopt_libp2p_logging undoes it."""
+    out = io.StringIO()
+    setup_logging(LoggingConfig(journal="never", libp2p_level="INFO"), "n", stream=out, env={})
+    from libp2p.utils.logging import setup_logging as libp2p_setup
+
+    libp2p_setup()  # what `import libp2p` does
+    lg = logging.getLogger("libp2p")
+    assert lg.propagate is False and lg.level == logging.WARNING
+    adopt_libp2p_logging()
+    assert lg.propagate is True and lg.level == logging.INFO and lg.handlers == []
+    logging.getLogger("libp2p.pubsub.gossipsub").info("heartbeat %d", 3)
+    assert re.fullmatch(rf"{LINE_RE} INFO     libp2p.pubsub.gossipsub: heartbeat 3", out.getvalue().strip())
+
+
+ALSA_PROBE = textwrap.dedent("""
+    import logging, sys
+    sys.path.insert(0, sys.argv[1])
+    from agent.config import LoggingConfig
+    from agent.logs import setup_logging
+    setup_logging(LoggingConfig(journal="never", level=sys.argv[2]), "n", env={})
+    from hw.audio.alsa import _alsaaudio
+    aa = _alsaaudio()
+    for dev in ("default", "nosuchpcm", "hw:7"):
+        try:
+            aa.PCM(device=dev)
+        except aa.ALSAAudioError:
+            pass
+""")
+
+
+def test_alsa_lib_errors_go_to_our_log_not_to_stderr(tmp_path: Path) -> None:
+    pytest.importorskip("alsaaudio")
+    script = tmp_path / "probe.py"
+    script.write_text(ALSA_PROBE)
+    env = {**os.environ, "ALSA_CONFIG_PATH": "/usr/share/alsa/alsa.conf"}
+    info = subprocess.run([sys.executable, str(script), str(ROOT), "INFO"], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert info.returncode == 0, info.stderr
+    assert info.stderr == "", info.stderr  # no "ALSA lib pcm.c:...(snd_pcm_open_noupdate)" block
+    debug = subprocess.run([sys.executable, str(script), str(ROOT), "DEBUG"], capture_output=True, text=True,
+                           timeout=60, env=env)
+    assert "DEBUG    hw.audio.alsalib: alsa-lib snd_pcm_open_noupdate: Unknown PCM" in debug.stderr
+    assert "ALSA lib" not in debug.stderr
