@@ -2,21 +2,27 @@
 
 Lifecycle (``avi-agent run``)::
 
-    devices task ── opens source, sink, button, LED (retried until they open) ─┐
-    mesh loop ───── AviP2p.start(cfg.mesh) (retried with back-off) ──────────────┤
+    audio task ──── opens source + sink (reopened with back-off while missing) ──┐
+    gpio task ───── opens button + LED  (reopened with back-off while missing) ──┤
+    mesh loop ───── AviP2p.start(cfg.mesh) (retried with back-off)               │
                       ├─ dispatcher: the ONLY reader of the mesh event channel   │
                       ├─ Status.run: subscribe, publish every interval/on change │
-                      └─ talk (when agent.talk provides Talk) ◄─────────────────┘ then READY=1
+                      │    then READY=1 (once the devices were tried: open, or    │
+                      │    faulted -> "degraded: no sound card (...)")           │
+                      └─ talk (when agent.talk provides Talk) ◄──────────────────┘ once both are open
     watchdog ────── WATCHDOG=1 from the loop itself
     status line ─── STATUS=... whenever the readable summary changes; LED error pattern on faults
     signals ─────── SIGTERM/SIGINT: STOPPING=1 and a clean exit; SIGHUP: reload
 
-A device or network fault is logged, shown in STATUS= and on the LED, and retried; only a
-configuration error (exit 78) ends the process on its own.
+A device or network fault is logged, shown in STATUS= (``degraded: ...``), in the status message
+and on the LED (when the LED itself works), and retried; READY=1 does not wait for a missing
+device (systemd would otherwise time the start out and restart for ever). Only a configuration
+error (exit 78) ends the process on its own.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
@@ -48,6 +54,9 @@ log = logging.getLogger("agent.service")
 EX_OK = 0
 STATUS_LINE_PERIOD_S = 1.0  # how often the summary is recomputed (sent only when it changed)
 MESH_RETRY_MAX_S = 30.0
+DEVICE_RETRY_MAX_S = 30.0
+# Fault texts of the device groups (the status line and message show them as they are).
+DEVICE_AREAS = {"audio": "no sound card", "gpio": "no GPIO"}
 TALK_RETRY_S = 2.0
 # Settings SIGHUP applies live; everything else is reported as needing a restart.
 RELOADABLE = ("logging.", "status.interval_s", "status.stale_after_s", "status.max_message_bytes",
@@ -120,7 +129,8 @@ class Faults:
         return self.active.pop(area, None) is not None
 
     def summary(self) -> str:
-        return "; ".join(f"{a}: {t}" for a, t in sorted(self.active.items()))
+        """``no sound card (...); mesh: ...``: device texts say what they are, others get their area."""
+        return "; ".join(t if a in DEVICE_AREAS else f"{a}: {t}" for a, t in sorted(self.active.items()))
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -174,7 +184,10 @@ class Service:
         self.phase = "starting"
         self.restart_needed: list[str] = []
         self.devices: Devices | None = None
-        self.devices_open = trio.Event()
+        self.devices_open = trio.Event()  # replaced by a fresh one whenever the devices close
+        self._audio: tuple[Any, Any] | None = None  # (source, sink) while open
+        self._gpio: tuple[Any, Any] | None = None  # (button, led) while open
+        self._tried: dict[str, trio.Event] = {a: trio.Event() for a in DEVICE_AREAS}
         self._drain_stop: trio.Event | None = None
         self._drain_done: trio.Event | None = None
         self.node: Any = None  # AviP2p while the mesh runs
@@ -210,7 +223,8 @@ class Service:
                 if interval is not None:
                     log.info("systemd watchdog: pinging every %.2f s", interval)
                 nursery.start_soon(self._status_line)
-                nursery.start_soon(self._device_task)
+                nursery.start_soon(self._device_group, "audio")
+                nursery.start_soon(self._device_group, "gpio")
                 nursery.start_soon(self._mesh_loop)
         log.info("avi-agent stopped (exit %d)", self._exit_code)
         return self._exit_code
@@ -288,33 +302,67 @@ class Service:
         self.changed()
 
     # --- devices ------------------------------------------------------------------------------
-    async def _device_task(self) -> None:
-        """Open the devices (retrying with back-off until they open) and hold them open."""
+    async def _device_group(self, area: str) -> None:
+        """Open one device group (``audio``: source + sink, ``gpio``: button + LED) and hold it
+        open; while it cannot open, the fault is shown and it is retried with back-off."""
         cfg = self.config
-        delay = cfg.audio.reopen_interval_s
+        delay = first = cfg.audio.reopen_interval_s
         while True:
             async with AsyncExitStack() as stack:
                 try:
-                    led = await stack.enter_async_context(open_led(cfg.gpio))
-                    button = await stack.enter_async_context(open_button(cfg.gpio))
-                    source = await stack.enter_async_context(open_audio_source(cfg.audio))
-                    sink = await stack.enter_async_context(open_audio_sink(cfg.audio))
+                    if area == "audio":
+                        source = await stack.enter_async_context(open_audio_source(cfg.audio))
+                        sink = await stack.enter_async_context(open_audio_sink(cfg.audio))
+                    else:
+                        led = await stack.enter_async_context(open_led(cfg.gpio))
+                        button = await stack.enter_async_context(open_button(cfg.gpio))
                 except Exception as exc:  # device errors are many types (ALSA, GPIO, OS)
-                    self.fault("devices", f"cannot open: {_describe(exc)}")
+                    # (the text stays the same from one retry to the next: logged once)
+                    self.fault(area, f"{DEVICE_AREAS[area]} ({_describe(exc)}); retrying with back-off")
+                    self._tried[area].set()
                 else:
-                    self.devices = Devices(source, sink, button, led)
-                    self._led_pattern = None
-                    self.clear_fault("devices")
-                    log.info("devices open: audio %s, gpio %s", cfg.audio.backend, cfg.gpio.backend)
-                    self.devices_open.set()
-                    self.changed()
+                    delay = first
+                    self.clear_fault(area)
+                    if area == "audio":
+                        self._audio = (source, sink)
+                        log.debug("audio open: %s (capture %s, playback %s)", cfg.audio.backend,
+                                 cfg.audio.capture_device, cfg.audio.playback_device)
+                    else:
+                        self._gpio = (button, led)
+                        self._led_pattern = None
+                        log.debug("gpio open: %s (button %d, LED %d)", cfg.gpio.backend,
+                                 cfg.gpio.button_pin, cfg.gpio.led_pin)
+                    self._tried[area].set()
+                    self._devices_changed()
                     try:
-                        await self._keep_capture_drained(source)
+                        if area == "audio":
+                            await self._keep_capture_drained(source)
                         await trio.sleep_forever()
                     finally:
-                        self.devices = None
+                        if area == "audio":
+                            self._audio = None
+                        else:
+                            self._gpio = None
+                        self._devices_changed()
             await trio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+            delay = min(delay * 2, DEVICE_RETRY_MAX_S)
+
+    def _devices_changed(self) -> None:
+        """Both groups open -> ``devices`` for talk; either closed -> None (and a new event)."""
+        if self._audio is not None and self._gpio is not None:
+            if self.devices is None:
+                self.devices = Devices(self._audio[0], self._audio[1], self._gpio[0], self._gpio[1])
+                log.info("devices open: audio %s, gpio %s", self.config.audio.backend, self.config.gpio.backend)
+                self.devices_open.set()
+        elif self.devices is not None:
+            self.devices = None
+            self.devices_open = trio.Event()
+        self.changed()
+
+    async def _devices_tried(self) -> None:
+        """Until every device group has been tried once (open, or faulted)."""
+        for ev in self._tried.values():
+            await ev.wait()
 
     async def _keep_capture_drained(self, source: Any) -> None:
         """Read (and discard) captured audio until push-to-talk takes the source over, so the
@@ -337,11 +385,11 @@ class Service:
             await self._drain_done.wait()
 
     def _device_health(self) -> None:
-        d = self.devices
-        if d is None:
+        a = self._audio
+        if a is None:
             return
         problems = []
-        for name, dev in (("capture", d.source), ("playback", d.sink)):
+        for name, dev in (("capture", a[0]), ("playback", a[1])):
             try:
                 st = dev.stats()
             except Exception as exc:
@@ -409,14 +457,21 @@ class Service:
         async with trio.open_nursery() as n:
             n.start_soon(self._dispatch, events, n)
             await n.start(self._keep_status, self.status)
-            await self.devices_open.wait()
+            await self._devices_tried()
             if self.talk_class is not None:
-                await n.start(self._run_talk, handle)
+                if self.devices is not None:
+                    await n.start(self._run_talk, handle)
+                else:  # starts once the devices open; the mesh and status run meanwhile
+                    n.start_soon(functools.partial(self._run_talk, handle))
             if not self.ready_sent:
                 self.ready_sent = True
                 self.phase = "ready"
                 self.notifier.ready()
-                log.info("ready: mesh listening, devices open")
+                if self.devices is not None:
+                    log.info("ready: mesh listening, devices open")
+                else:
+                    log.warning("ready, degraded: mesh listening, %s; push-to-talk starts once the "
+                                "devices open", self.faults.summary() or "devices not open")
             self.changed()
 
     async def _keep_status(self, status: Status, *, task_status: trio.TaskStatus[None]) -> None:
@@ -437,13 +492,17 @@ class Service:
                     task_status.started()
                 await trio.sleep(2.0)
 
-    async def _run_talk(self, handle: Any, *, task_status: trio.TaskStatus[None]) -> None:
+    async def _run_talk(self, handle: Any, *,
+                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run ``Talk`` (restarting it after a crash); reports started after the first attempt
         either way, so a broken talk does not hold back READY=1 (the fault is shown instead)."""
         first = True
         while True:
             d = self.devices
             if d is None:
+                if first:
+                    first = False
+                    task_status.started()
                 await self.devices_open.wait()
                 continue
             try:
@@ -569,10 +628,13 @@ class Service:
         return {"audio": self.config.audio.backend, "gpio": self.config.gpio.backend}
 
     def status_line(self) -> str:
-        """One line for ``systemctl status``: phase, peers, fleet, streams, talk, errors."""
+        """One line for ``systemctl status``: phase, peers, fleet, streams, talk, errors. Once
+        ready, a fault puts ``degraded: <what>`` first (it is what the admin needs to see)."""
         n_peers = len(self.handle.connected_peers()) if self.handle is not None else 0
         s_in, s_out = self._stream_counts()
-        parts = [f"{self.config.node.name} {self.phase}"]
+        degraded = self.phase == "ready" and bool(self.faults.active)
+        parts = [f"degraded: {self.faults.summary()}"] if degraded else []
+        parts.append(f"{self.config.node.name} {self.phase}")
         parts.append(f"{n_peers} peer{'s' if n_peers != 1 else ''}")
         if self.status is not None:
             fs = self.status.view.stats()
@@ -585,19 +647,20 @@ class Service:
         if self.restart_needed:
             parts.append("restart needed for " + ", ".join(self.restart_needed[:4])
                          + (" ..." if len(self.restart_needed) > 4 else ""))
-        parts.append(f"ERROR {self.faults.summary()}" if self.faults.active else "no errors")
+        if not degraded:
+            parts.append(f"ERROR {self.faults.summary()}" if self.faults.active else "no errors")
         return "; ".join(parts)
 
     def _update_led(self) -> None:
-        d = self.devices
-        if d is None:
+        g = self._gpio
+        if g is None:
             return
         want = "error" if self.faults.active else "idle"
         # Talk drives the LED while it transmits/receives; the service only switches between
         # idle and error, and only when its own choice changes.
         if want != self._led_pattern:
             try:
-                d.led.set_pattern(want)
+                g[1].set_pattern(want)
                 self._led_pattern = want
             except Exception as exc:
                 log.debug("LED pattern %s failed: %s", want, exc)

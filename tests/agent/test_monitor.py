@@ -66,8 +66,8 @@ def test_two_agents_and_monitor_json(tmp_path: Path) -> None:
         procs.append(b)
         b_peer = b.address().rsplit("/p2p/", 1)[1]
         # Each agent hears the other's status (logged by its fleet view).
-        a.wait_log(rf"fleet: first status from pi-b \({b_peer}\)", timeout=20)
-        b.wait_log(rf"fleet: first status from pi-a \({a_peer}\)", timeout=20)
+        a.wait_log(rf"fleet: first status from pi-b \({b_peer[:6]}…{b_peer[-8:]}\)", timeout=20)  # short ids
+        b.wait_log(rf"fleet: first status from pi-a \({a_peer[:6]}…{a_peer[-8:]}\)", timeout=20)
 
         mon = AgentProc(["monitor", "--config", str(tmp_path / "a.toml"), "--dial", a_addr, "--json",
                          "--duration", "40"], stdout=subprocess.PIPE)

@@ -280,7 +280,7 @@ def test_sighup_applies_what_it_can_and_names_the_rest(tmp_path: Path, notify_so
     cfg.write_text(cfg.read_text() + "\n[bogus]\nx = 1\n")
     agent.proc.send_signal(signal.SIGHUP)
     agent.wait_log(r"reload: .*bogus: unknown key")
-    notify_socket.wait_for(lambda d: d.startswith("STATUS=") and "ERROR config: reload failed" in d,
+    notify_socket.wait_for(lambda d: d.startswith("STATUS=") and "config: reload failed" in d,
                            after=i_ready2)
     assert agent.proc.poll() is None
     rc, took = agent.signal_and_wait(signal.SIGTERM)
@@ -297,8 +297,10 @@ def _write_wav(path: Path, seconds: float = 0.5) -> None:
 
 def test_device_fault_is_shown_retried_and_recovers(tmp_path: Path, notify_socket: NotifySocket,
                                                     procs) -> None:
-    """A capture device that cannot open: logged, in STATUS=, no READY=1, retried; once the
-    device appears the agent opens it and becomes ready. Never an exit."""
+    """A capture device that cannot open: READY=1 all the same once the mesh is up (so systemd
+    does not time the start out and restart for ever), STATUS=degraded: no sound card (...),
+    retried with back-off; once the device appears the agent opens it and the fault clears.
+    Never an exit."""
     wav = tmp_path / "mic.wav"
     cfg = write_config(tmp_path / "agent.toml", extra="")
     cfg.write_text(cfg.read_text().replace(
@@ -306,18 +308,46 @@ def test_device_fault_is_shown_retried_and_recovers(tmp_path: Path, notify_socke
         f'[audio]\nbackend = "fake"\nreopen_interval_s = 0.3\n[audio.fake_source]\nkind = "wav"\npath = "{wav}"'))
     agent = AgentProc(["run", "--config", str(cfg)], notify=notify_socket)
     procs.append(agent)
-    notify_socket.wait_for(lambda d: d.startswith("STATUS=") and "ERROR devices: cannot open" in d
-                           and "mic.wav" in d, timeout=20)
-    agent.wait_log(r"ERROR service: fault: devices: cannot open")
-    time.sleep(1.0)
-    assert agent.proc.poll() is None
-    assert "READY=1" not in notify_socket.texts()
-    _write_wav(wav)
     i_ready, _ = notify_socket.wait_for(lambda d: d == "READY=1", timeout=20)
-    agent.wait_log(r"recovered: devices")
-    notify_socket.wait_for(lambda d: d.startswith("STATUS=pi-a ready") and "no errors" in d, after=i_ready)
+    _, st = notify_socket.wait_for(lambda d: d.startswith("STATUS=degraded: no sound card (") and "mic.wav" in d,
+                                   after=i_ready)
+    assert "pi-a ready" in st.data and "talk off" in st.data, st.data
+    agent.wait_log(r"ERROR +service: fault: audio: no sound card \(.*mic\.wav")
+    agent.wait_log(r"WARNING +service: ready, degraded: mesh listening, no sound card")
+    time.sleep(1.5)  # retried (0.3, 0.6, 1.2 s ...) without a new log line each time
+    assert agent.proc.poll() is None
+    assert len([ln for ln in agent.lines if "fault: audio" in ln]) == 1, agent.log()
+    _write_wav(wav)
+    agent.wait_log(r"recovered: audio", timeout=20)
+    notify_socket.wait_for(lambda d: d.startswith("STATUS=pi-a ready") and "no errors" in d
+                           and "talk on" in d, after=i_ready, timeout=20)
+    assert notify_socket.texts().count("READY=1") == 1
     rc, took = agent.signal_and_wait(signal.SIGTERM)
     assert (rc, took < 5.0) == (0, True), agent.log()
+
+
+async def test_missing_sound_card_shows_on_the_led_and_in_the_status_message(tmp_path: Path) -> None:
+    """In-process: no sound card but the GPIO works -> ready (degraded), the LED shows the
+    error pattern, the status message says degraded with the fault."""
+    from agent.config import load_config
+    from agent.sdnotify import Notifier
+    from agent.service import Service
+
+    cfg = load_config(write_config(tmp_path / "a.toml", extra=""),
+                      env={"AVI_AUDIO__FAKE_SOURCE__KIND": "wav",
+                           "AVI_AUDIO__FAKE_SOURCE__PATH": str(tmp_path / "none.wav")})
+    service = Service(cfg, None, notifier=Notifier(env={}), env={})
+    async with trio.open_nursery() as n:
+        n.start_soon(service.run)
+        with trio.fail_after(20):
+            while not service.ready_sent or service._gpio is None \
+                    or service._gpio[1].pattern.name != "error":
+                await trio.sleep(0.05)
+        assert service.devices is None and service.talk is None
+        assert service.status_line().startswith("degraded: no sound card (")
+        msg = service.status.build()
+        assert msg.state == "degraded" and "no sound card" in (msg.last_error or "")
+        service.stop()
 
 
 async def test_network_fault_shows_on_led_and_the_mesh_is_retried(tmp_path: Path) -> None:
