@@ -66,8 +66,11 @@ def test_permanent_peers_are_never_forgotten_and_capped() -> None:
     p.add_permanent("BOOT", 0.0)
     p.missing("BOOT", 0.0, departed=True)
     p.missing("X", 0.0, departed=True)
+    p.missing("NEVER", 0.0)  # known, never dialled (bounded degree did not need it)
+    p.attempted("X", 1.0)
     times = dial_times(p, "BOOT", 1000.0)
     assert "BOOT" in p and "X" not in p
+    assert "NEVER" in p  # forgetting is for peers that fail to answer
     gaps = [b - a for a, b in zip(times, times[1:])]
     assert max(gaps) == 8.0 and gaps[-1] == 8.0
 
