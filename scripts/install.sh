@@ -15,6 +15,9 @@
 #   3. a venv in /opt/avi-agent/venv with the project installed, extras alsa,systemd (+ rpi on a
 #      Pi 1-4, or rpi-lgpio on a Pi 5); re-installed only when the source changed.
 #   4. /etc/avi-agent/agent.toml (from --config FILE or the shipped default), never overwritten.
+#      On a Raspberry Pi the shipped default is installed with the real devices: [audio] backend
+#      "alsa" and [gpio] backend "rpi" (RPi.GPIO, or rpi-lgpio's RPi.GPIO on a Pi 5); elsewhere
+#      it keeps the simulated ones ("fake"), and the agent warns about them at every start.
 #   5. /etc/systemd/system/avi-agent.service, enabled (started by `systemctl start avi-agent`, or
 #      restarted when it was running and something changed).
 # --uninstall undoes 2, 3 and 5 (apt packages stay: other software may use them) and keeps the
@@ -310,9 +313,25 @@ config() {
         fi
         return 0
     fi
+    if [ -z "$CONFIG_SRC" ] && [ "$BOARD" != other ]; then
+        real_devices <"$src" >"$dst.tmp"
+        chmod 0644 "$dst.tmp"
+        mv "$dst.tmp" "$dst"
+        did "installed $CONF (from $src, with the real devices of a $BOARD: audio alsa, gpio rpi)"
+        return 0
+    fi
     install -m 0644 "$src" "$dst.tmp"
     mv "$dst.tmp" "$dst"
     did "installed $CONF (from $src)"
+    [ "$BOARD" != other ] || say "note: not a Raspberry Pi: $CONF uses the simulated audio and GPIO (backend = \"fake\"); set [audio] backend = \"alsa\" and [gpio] backend = \"rpi\" for real devices"
+}
+
+real_devices() {  # the shipped config on stdin, with backend = "fake" -> alsa / rpi in [audio] / [gpio]
+    awk '
+        /^\[/ { section = $0 }
+        section == "[audio]" && /^backend[ \t]*=/ { print "backend = \"alsa\"  # installed on a Raspberry Pi (\"fake\" simulates)"; next }
+        section == "[gpio]" && /^backend[ \t]*=/ { print "backend = \"rpi\"  # installed on a Raspberry Pi (\"fake\" simulates)"; next }
+        { print }'
 }
 
 unit() {

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .util import ROOT, diff, frozen_source, passwd_entry, run, snapshot
+from .util import ROOT, diff, frozen_source, passwd_entry, run, script_env, snapshot
 
 pytestmark = pytest.mark.slow  # one pip install of the project (~20 s), shared by the module
 
@@ -72,6 +72,34 @@ def test_installs_venv_config_unit_and_user(installed: tuple[Path, str, Path]) -
 
     assert "skipped (--root): apt-get install" in out and "libasound2-dev" in out and "libgmp-dev" in out
     assert "steps skipped because of --root" in out
+    assert 'not a Raspberry Pi: /etc/avi-agent/agent.toml uses the simulated audio and GPIO' in out
+
+
+def test_on_a_raspberry_pi_the_config_uses_the_real_devices(tmp_path: Path) -> None:
+    """A Pi 4 (its device-tree model file): the installed config selects ALSA and RPi.GPIO,
+    and the venv has RPi.GPIO (extras rpi). The fakes are for demos and tests."""
+    if os.geteuid() != 0:
+        pytest.skip("install.sh --root uses useradd --prefix: run as root")
+    from agent.config import load_config
+
+    model = tmp_path / "model"
+    model.write_bytes(b"Raspberry Pi 4 Model B Rev 1.4\0")
+    root = tmp_path / "root"
+    install = frozen_source(tmp_path / "src") / "scripts/install.sh"
+    p = run(["bash", str(install), "--root", str(root)], timeout=600,
+            env=script_env(AVI_DEVICE_MODEL_FILE=str(model)))
+    assert "board: Raspberry Pi 4 Model B Rev 1.4 -> pi" in p.stdout
+    assert "with the real devices of a pi: audio alsa, gpio rpi" in p.stdout
+    conf = root / "etc/avi-agent/agent.toml"
+    cfg = load_config(conf, env={})
+    assert (cfg.audio.backend, cfg.gpio.backend) == ("alsa", "rpi")
+    # Everything else is the shipped default, comments included.
+    shipped = (ROOT / "config/agent.toml").read_text().splitlines()
+    changed = [(a, b) for a, b in zip(shipped, conf.read_text().splitlines()) if a != b]
+    assert [a for a, _ in changed] == ['backend = "fake"', 'backend = "fake"'], changed
+    venv = root / "opt/avi-agent/venv"
+    run([str(venv / "bin/python"), "-c", "import importlib.util, sys; sys.exit(importlib.util.find_spec('RPi') is None)"])
+    run([str(venv / "bin/avi-agent"), "check-config", str(conf)])
 
 
 def test_second_run_changes_nothing(installed: tuple[Path, str, Path]) -> None:
