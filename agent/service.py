@@ -584,7 +584,7 @@ class Service:
         sent = received = drops = xruns = late = concealed = 0
         stretched = 0.0
         streams: tuple[TalkStreamStatus, ...] = ()
-        p50 = p99 = None
+        p50 = p95 = p99 = None
         if self.node is not None:
             st = self.node.stats()
             drops += st.audio_frames_dropped
@@ -597,6 +597,7 @@ class Service:
                 drops += ts.frames_dropped
                 late = getattr(ts, "frames_late", 0)
                 p50, p99 = getattr(ts, "latency_p50_ms", None), getattr(ts, "latency_p99_ms", None)
+                p95 = getattr(ts, "latency_p95_ms", None)
                 concealed = getattr(ts, "frames_concealed", 0)
                 stretched = getattr(ts, "stretched_ms", 0.0)
                 streams = tuple(TalkStreamStatus(peer=str(x.peer), codec=x.codec, delay_ms=float(x.delay_ms),
@@ -620,7 +621,7 @@ class Service:
                             frames_sent=sent, frames_received=received, xruns=xruns, drops=drops,
                             cpu_load=load_average(), process_cpu=self._cpu.sample(),
                             temp_c=soc_temperature(), talk=self.talk is not None,
-                            frames_late=late, latency_p50_ms=p50, latency_p99_ms=p99,
+                            frames_late=late, latency_p50_ms=p50, latency_p99_ms=p99, latency_p95_ms=p95,
                             frames_concealed=concealed, stretched_ms=stretched, talk_streams=streams,
                             last_error=self.faults.last_error, backends=self.backends())
 

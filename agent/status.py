@@ -87,6 +87,7 @@ class StatusMessage(BaseModel):
     frames_late: int = Field(0, ge=0, description="received audio frames too late to play")
     latency_p50_ms: float | None = Field(None, ge=0, description="mouth-to-ear, capture to playback")
     latency_p99_ms: float | None = Field(None, ge=0)
+    latency_p95_ms: float | None = Field(None, ge=0)
     frames_concealed: int = Field(0, ge=0, description="frame periods of concealment, all streams")
     stretched_ms: float = Field(0.0, ge=0, description="time-stretched, all streams")
     talk_streams: list[TalkStreamStatus] = Field(default_factory=list, max_length=MAX_LISTED_STREAMS)
@@ -307,6 +308,7 @@ class LocalFigures:
     frames_late: int = 0
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None
+    latency_p95_ms: float | None = None
     frames_concealed: int = 0
     stretched_ms: float = 0.0
     talk_streams: tuple[TalkStreamStatus, ...] = ()
@@ -373,7 +375,8 @@ class Status:
             frames_sent=f.frames_sent, frames_received=f.frames_received, xruns=f.xruns,
             drops=f.drops, cpu_load=f.cpu_load, process_cpu=f.process_cpu, temp_c=f.temp_c,
             talk=f.talk, frames_late=f.frames_late, latency_p50_ms=_ms(f.latency_p50_ms),
-            latency_p99_ms=_ms(f.latency_p99_ms), frames_concealed=f.frames_concealed,
+            latency_p99_ms=_ms(f.latency_p99_ms), latency_p95_ms=_ms(f.latency_p95_ms),
+            frames_concealed=f.frames_concealed,
             stretched_ms=round(float(f.stretched_ms), 1), talk_streams=list(f.talk_streams[:MAX_LISTED_STREAMS]),
             status_rejected=self.view.rejected, last_error=err,
             backends={k: str(v)[:16] for k, v in list(f.backends.items())[:4]})

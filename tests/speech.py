@@ -128,3 +128,176 @@ def score(ref: np.ndarray, received: np.ndarray, rate: int = RATE) -> Score:
     except Exception:  # pesq raises on a recording with no utterance in it
         p = float("nan")
     return Score(p, float(stoi(r, d, rate, extended=False)), ratio)
+
+
+# --- two real agents on the namespace rig, the talker's microphone playing speech ---------------
+
+AGENT_PORT = 4001
+RELAY_PORT = 4002
+PRESS_AT_S = 7.0      # after the agents start: the mesh and the group announcements, under loss
+LEAD_S = 1.0          # the speech starts this long after the press (the source plays from its open)
+TAIL_S = 3.0          # listened to after the release
+
+
+@dataclass(frozen=True)
+class Link:
+    """How the listener's link is impaired: random loss (%, both directions, nftables) or a
+    delay relay (ms ± ms, uniform, each direction) that the listener dials the talker through."""
+
+    name: str
+    loss_percent: float = 0.0
+    delay_ms: float = 0.0
+    jitter_ms: float = 0.0
+
+
+@dataclass
+class RunResult:
+    link: str
+    score: Score | None
+    status: dict[str, object]   # the listener's last status message (from avi-agent monitor)
+    talker_status: dict[str, object]
+    tx_bytes_per_s: float       # talker -> listener on the wire during the talk, idle rate taken off
+    rx_bytes_per_s: float       # listener -> talker (ACKs) during the talk, idle rate taken off
+    load: tuple[float, float, float]
+    wav: Path
+    error: str | None = None
+
+
+def _toml(tables: dict[str, dict[str, object]], presses: list[tuple[float, float]]) -> str:
+    from agent.simulate import _toml_value
+
+    lines = []
+    for name, values in tables.items():
+        lines.append(f"\n[{name}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+    for at_s, dur in presses:
+        lines.append(f"\n[[gpio.fake_presses]]\nat_s = {at_s!r}\nduration_s = {dur!r}")
+    return "\n".join(lines) + "\n"
+
+
+def _dev_bytes(host: object) -> tuple[int, int]:
+    """(rx, tx) bytes of eth0 in the host's namespace."""
+    out = host.run(["cat", "/proc/net/dev"]).stdout  # type: ignore[attr-defined]
+    for line in out.splitlines():
+        if line.strip().startswith("eth0:"):
+            f = line.split(":", 1)[1].split()
+            return int(f[0]), int(f[8])
+    raise RuntimeError("no eth0 in the namespace")
+
+
+def run_speech(rig: object, speech: Path, link: Link, workdir: Path, *, talk: dict[str, object] | None = None,
+               python: str | None = None) -> RunResult:
+    """One talk of ``speech`` from agent a (rig host 0) to agent b (host 1) over ``link``;
+    b's recording scored against the speech. ``talk`` overrides [talk] settings of both."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+    import tomllib
+
+    from agent.config import AgentConfig
+    from agent.mesh.identity import new_identity, peer_id_of, write_identity
+    from agent.simulate import SimNode, start, stop
+
+    python = python or sys.executable
+    ha, hb = rig[0], rig[1]  # type: ignore[index]
+    ref = read_wav(speech)
+    clip_s = len(ref) / RATE
+    # The talker's microphone: silence until after the press, then the speech.
+    mic = workdir / "mic.wav"
+    write_wav(mic, np.concatenate([np.zeros(int((PRESS_AT_S + LEAD_S) * RATE), dtype=np.int16), ref]))
+    hold_s = LEAD_S + clip_s + 0.3
+    a = SimNode("a", 0.0, [(PRESS_AT_S, hold_s)], port=AGENT_PORT, host=ha.ip)
+    b = SimNode("b", 0.0, [], port=AGENT_PORT, host=hb.ip)
+    for n in (a, b):
+        n.dir = workdir / n.name
+        n.dir.mkdir(parents=True, exist_ok=True)
+        key = n.dir / "identity.key"
+        ident = new_identity()
+        write_identity(key, ident)
+        n.peer_id = peer_id_of(ident)
+        n.wav.unlink(missing_ok=True)
+    relay = None
+    target = a.addr
+    if link.delay_ms or link.jitter_ms:
+        relay = ha.start_relay((ha, AGENT_PORT), port=RELAY_PORT, delay_ms=link.delay_ms,
+                               jitter_ms=link.jitter_ms, seed=int(time.time()))
+        target = f"/ip4/{relay.address[0]}/tcp/{relay.address[1]}/p2p/{a.peer_id}"
+    for n, boot, src in ((a, [], {"kind": "wav", "path": str(mic)}), (b, [target], {"kind": "silence"})):
+        text = _toml({
+            "node": {"name": n.name},
+            "mesh": {"listen_host": n.host, "listen_port": n.port, "bootstrap_peers": boot,
+                     "enable_mdns": False, "enable_kad": False, "identity_path": str(n.dir / "identity.key")},
+            "audio": {"backend": "fake"},
+            "audio.fake_source": src,
+            "audio.fake_sink": {"kind": "wav", "path": str(n.wav)},
+            "gpio": {"backend": "fake"},
+            "talk": dict(talk or {}),
+            "status": {"interval_s": 1.0, "stale_after_s": 5.0},
+            "logging": {"level": "INFO", "journal": "never"},
+        }, n.presses)
+        AgentConfig.model_validate(tomllib.loads(text))
+        (n.dir / "agent.toml").write_text(text)
+    watch_s = PRESS_AT_S + hold_s + TAIL_S
+    monitor_out = workdir / "monitor.jsonl"
+    monitor = None
+    error = None
+    if link.loss_percent:
+        hb.set_loss(link.loss_percent)
+    repo = Path(__file__).resolve().parent.parent
+    tx = rx = 0.0
+    try:
+        start(a, ha.exec)
+        start(b, hb.exec)
+        t0 = time.monotonic()
+        with monitor_out.open("w") as out, (workdir / "monitor.log").open("w") as err:
+            monitor = hb.exec([python, "-m", "agent", "monitor", "--config", str(b.dir / "agent.toml"),
+                               "--dial", b.addr, "--json", "--duration", str(watch_s)],
+                              cwd=repo, stdout=out, stderr=err)
+        # idle traffic (status, announcements, keepalives) before the press, then the talk
+        def sleep_until(t: float) -> None:
+            time.sleep(max(0.0, t0 + t - time.monotonic()))
+        sleep_until(PRESS_AT_S - 3.0)
+        i0, ti0 = _dev_bytes(ha), time.monotonic()
+        sleep_until(PRESS_AT_S - 0.5)
+        i1, ti1 = _dev_bytes(ha), time.monotonic()
+        sleep_until(PRESS_AT_S + LEAD_S)
+        s0, ts0 = _dev_bytes(ha), time.monotonic()
+        sleep_until(PRESS_AT_S + LEAD_S + clip_s - 0.5)
+        s1, ts1 = _dev_bytes(ha), time.monotonic()
+        idle_rx, idle_tx = ((i1[k] - i0[k]) / (ti1 - ti0) for k in (0, 1))
+        rx = (s1[0] - s0[0]) / (ts1 - ts0) - idle_rx
+        tx = (s1[1] - s0[1]) / (ts1 - ts0) - idle_tx
+        while time.monotonic() - t0 < watch_s + 20 and monitor.poll() is None:
+            for n in (a, b):
+                if n.proc is None or n.proc.poll() is not None:
+                    raise RuntimeError(f"agent {n.name} exited: {n.log.read_text()[-2000:]}")
+            time.sleep(0.2)
+    except Exception as exc:  # reported in the table, not raised: one bad run is a figure too
+        error = f"{type(exc).__name__}: {exc}"
+    finally:
+        for n in (a, b):
+            stop(n)
+        if monitor is not None:
+            hb.kill(monitor)
+        if relay is not None:
+            relay.close()
+        if link.loss_percent:
+            hb.set_loss(0)
+    status: dict[str, dict[str, object]] = {}
+    for line in monitor_out.read_text().splitlines():
+        try:
+            view = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        for node in view.get("nodes", []):
+            status[node["node"]] = node
+    sc = None
+    if error is None:
+        try:
+            sc = score(ref, read_wav(b.wav))
+        except Exception as exc:
+            error = f"scoring: {type(exc).__name__}: {exc}"
+    return RunResult(link.name, sc, status.get("b", {}), status.get("a", {}), tx, rx, os.getloadavg(), b.wav,
+                     error)

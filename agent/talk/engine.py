@@ -111,6 +111,7 @@ class TalkStats:
     latency_p50_ms: float | None
     latency_p99_ms: float | None
     latency_samples: int
+    latency_p95_ms: float | None = None
     stretched_ms: float = 0.0
     streams: tuple[StreamStatus, ...] = ()
 
@@ -291,6 +292,7 @@ class Talk:
             latency_p50_ms=self._latency.percentile_ms(50),
             latency_p99_ms=self._latency.percentile_ms(99),
             latency_samples=len(self._latency),
+            latency_p95_ms=self._latency.percentile_ms(95),
             stretched_ms=round(stretched, 1),
             streams=streams,
         )
