@@ -363,3 +363,28 @@ def test_workaround_quiet_router_trims_silently_and_counts(caplog):
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
     assert len(router._pending_messages[peer]) == compat.PENDING_MAX
     assert router.pending_trimmed == 5
+
+
+# --- 9b. thin audio streams wait 200 ms for every lost segment ---------------------------------
+
+
+def _kernel_has_rto_min_option() -> bool:
+    with socket.socket() as s:
+        try:
+            s.setsockopt(socket.IPPROTO_TCP, compat.TCP_RTO_MIN_US_OPT, compat.TCP_RTO_MIN_US)
+        except OSError:
+            return False
+    return True
+
+
+@pytest.mark.skipif(not _kernel_has_rto_min_option(), reason="kernel without TCP_RTO_MIN_US (< 6.15)")
+async def test_defect_connections_keep_the_200_ms_minimum_rto_and_workaround_lowers_it():
+    a, b = secure(), secure()
+    async with running(a, b):
+        await b.connect(info(a))
+        [conn] = a.get_network().get_connections(b.get_id())
+        sock = compat._find_socket(conn)
+        assert sock is not None
+        assert sock.getsockopt(socket.IPPROTO_TCP, compat.TCP_RTO_MIN_US_OPT) == 200_000  # the defect
+        assert compat.enable_tcp_liveness(conn)
+        assert sock.getsockopt(socket.IPPROTO_TCP, compat.TCP_RTO_MIN_US_OPT) == compat.TCP_RTO_MIN_US
