@@ -6,7 +6,7 @@ held for the whole speech; the listener records what it plays. Per link conditio
 listener's recording scored against the speech with PESQ wideband (ITU-T P.862.2) and STOI,
 frames concealed and mouth-to-ear p50/p95/p99 (the listener's status, read by `avi-agent
 monitor`), and bytes per second on the wire for the stream (the talker's eth0 during the speech,
-minus its idle rate measured just before the press; "back" is the listener's ACKs).
+minus the idle rate of the quieter of two windows, before the press and after the release; "back" is the listener's ACKs).
 
 Conditions: clean; 2, 5, 10, 20 % random loss on the listener's link, both directions
 (nftables); 30 ± 10 and 50 ± 40 ms delay jitter each direction (the rig's TCP relay, which the

@@ -255,18 +255,25 @@ def run_speech(rig: object, speech: Path, link: Link, workdir: Path, *, talk: di
             monitor = hb.exec([python, "-m", "agent", "monitor", "--config", str(b.dir / "agent.toml"),
                                "--dial", b.addr, "--json", "--duration", str(watch_s)],
                               cwd=repo, stdout=out, stderr=err)
-        # idle traffic (status, announcements, keepalives) before the press, then the talk
+        # bytes on the talker's link during the speech, less the idle rate (status, announcements,
+        # keepalives) before the press and after the release
         def sleep_until(t: float) -> None:
             time.sleep(max(0.0, t0 + t - time.monotonic()))
-        sleep_until(PRESS_AT_S - 3.0)
-        i0, ti0 = _dev_bytes(ha), time.monotonic()
-        sleep_until(PRESS_AT_S - 0.5)
-        i1, ti1 = _dev_bytes(ha), time.monotonic()
+        sleep_until(PRESS_AT_S - 2.5)
+        b0, tb0 = _dev_bytes(ha), time.monotonic()
+        sleep_until(PRESS_AT_S - 0.2)
+        b1, tb1 = _dev_bytes(ha), time.monotonic()
         sleep_until(PRESS_AT_S + LEAD_S)
         s0, ts0 = _dev_bytes(ha), time.monotonic()
         sleep_until(PRESS_AT_S + LEAD_S + clip_s - 0.5)
         s1, ts1 = _dev_bytes(ha), time.monotonic()
-        idle_rx, idle_tx = ((i1[k] - i0[k]) / (ti1 - ti0) for k in (0, 1))
+        sleep_until(PRESS_AT_S + hold_s + 0.5)
+        i0, ti0 = _dev_bytes(ha), time.monotonic()
+        sleep_until(PRESS_AT_S + hold_s + TAIL_S - 0.2)
+        i1, ti1 = _dev_bytes(ha), time.monotonic()
+        # the quieter of the windows before the press and after the release (start-up traffic
+        # or a stream's tail in the other would make the stream look cheaper than it is)
+        idle_rx, idle_tx = (min((i1[k] - i0[k]) / (ti1 - ti0), (b1[k] - b0[k]) / (tb1 - tb0)) for k in (0, 1))
         rx = (s1[0] - s0[0]) / (ts1 - ts0) - idle_rx
         tx = (s1[1] - s0[1]) / (ts1 - ts0) - idle_tx
         while time.monotonic() - t0 < watch_s + 20 and monitor.poll() is None:

@@ -9,7 +9,7 @@ slower than it came.
 - **Target delay** follows the stream's measured arrival delays: each packet's transit time
   (arrival minus capture timestamp; the clocks' offset cancels) minus the fastest of the last
   few seconds goes into a histogram that forgets (about ``forget_s``); the target is its
-  ``quantile`` (95 %) plus a margin, within [``min_delay``, ``max_delay``]. Low on a clean link,
+  ``quantile`` (99 %) plus a margin, within [``min_delay``, ``max_delay``]. Low on a clean link,
   deeper while stalls happen, back down once they stop.
 - **Changing the delay** never cuts speech: when the buffer holds more than the target, decoded
   speech is *accelerated* (one pitch period removed, `stretch.accelerate`) and silence is
@@ -140,7 +140,7 @@ class AdaptivePlayout:
 
     def __init__(self, fmt: AudioFormat, make_decoder: Callable[[int], Codec], *,
                  min_delay_us: int = 20_000, max_delay_us: int = 400_000,
-                 quantile: float = 0.95, forget_s: float = 6.0) -> None:
+                 quantile: float = 0.99, forget_s: float = 6.0) -> None:
         if min_delay_us < 0 or max_delay_us < max(min_delay_us, fmt.frame_us):
             raise ValueError("need 0 <= min_delay_us <= max_delay_us and max_delay_us >= one frame")
         self.format = fmt
