@@ -141,10 +141,10 @@ async def test_new_and_first_version_nodes_talk_both_ways_in_pcm(tmp_path: Path,
             await know_each_other(new, old)
             await new.hold(1.0)
             await wait_until(lambda: old.talk.stats().frames_played > 30 and old.talk.stats().streams_in == 0,
-                             5, "old to hear new")
+                             15, "old to hear new")
             await old.hold(1.0)
             await wait_until(lambda: new.talk.stats().frames_played > 30 and new.talk.stats().streams_in == 0,
-                             5, "new to hear old")
+                             15, "new to hear old")
     assert codecs_heard(old.events) == {PCM_S16LE}, "a first-version node was sent something it cannot decode"
     assert codecs_heard(new.events) == {PCM_S16LE}
     for who, freq in ((old, 440), (new, 660)):
@@ -158,12 +158,12 @@ async def test_two_new_nodes_talk_opus_and_report_it(tmp_path: Path) -> None:
         await a.node.handle().dial(b.addr)
         await know_each_other(a, b)
         await a.button.press()
-        await wait_until(lambda: any(s.codec == "opus" for s in b.talk.stats().streams), 5,
+        await wait_until(lambda: any(s.codec == "opus" for s in b.talk.stats().streams), 15,
                          "b to report an Opus stream")
         st = b.talk.stats().streams[0]
         assert st.peer == a.peer_id and st.delay_ms >= 0 and st.target_ms >= 20
         await a.button.release()
-        await wait_until(lambda: b.talk.stats().streams_in == 0, 5, "the talk to end")
+        await wait_until(lambda: b.talk.stats().streams_in == 0, 15, "the talk to end")
     assert codecs_heard(b.events) == {OPUS}
     h = analyse(b.wav)  # type: ignore[arg-type]
     assert abs(h.peaks_hz[0] - 440) < 5, h
