@@ -189,7 +189,6 @@ def run_speech(rig: object, speech: Path, link: Link, workdir: Path, *, talk: di
                python: str | None = None) -> RunResult:
     """One talk of ``speech`` from agent a (rig host 0) to agent b (host 1) over ``link``;
     b's recording scored against the speech. ``talk`` overrides [talk] settings of both."""
-    import json
     import os
     import subprocess
     import sys
@@ -292,14 +291,9 @@ def run_speech(rig: object, speech: Path, link: Link, workdir: Path, *, talk: di
             relay.close()
         if link.loss_percent:
             hb.set_loss(0)
-    status: dict[str, dict[str, object]] = {}
-    for line in monitor_out.read_text().splitlines():
-        try:
-            view = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        for node in view.get("nodes", []):
-            status[node["node"]] = node
+    from tests.test_netns_mesh import last_status
+
+    status = last_status(monitor_out)
     sc = None
     if error is None:
         try:
