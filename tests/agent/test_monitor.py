@@ -14,7 +14,7 @@ from pathlib import Path
 from agent.mesh.identity import new_identity, peer_id_of, write_identity
 from agent.monitor import render_table
 from agent.status import FleetView, StatusMessage, encode_status
-from tests.agent.test_service import AgentProc, write_config
+from tests.agent.test_service import STOP_BOUND_S, AgentProc, write_config
 
 
 class JsonLines:
@@ -88,7 +88,7 @@ def test_two_agents_and_monitor_json(tmp_path: Path) -> None:
 
         # B stops: the monitor marks it stale (stale_after_s = 3), A stays fresh.
         rc, took = b.signal_and_wait(signal.SIGTERM)
-        assert rc == 0 and took < 5.0
+        assert rc == 0 and took < STOP_BOUND_S
 
         def b_stale(d: dict) -> bool:
             nodes = {n["node"]: n for n in d["nodes"]}
@@ -97,7 +97,7 @@ def test_two_agents_and_monitor_json(tmp_path: Path) -> None:
         got = lines.until(b_stale, timeout=15)
         assert got["stale"] == 1
         rc, took = mon.signal_and_wait(signal.SIGTERM)
-        assert rc == 0 and took < 5.0
+        assert rc == 0 and took < STOP_BOUND_S
         assert lines.bad == []
     finally:
         for p in procs:

@@ -30,6 +30,24 @@ ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 LISTEN_RE = re.compile(r"mesh listening: (\S+)")
 
+
+def _unit_stop_timeout() -> float:
+    m = re.search(r"^TimeoutStopSec=(\d+)$", (ROOT / "systemd/avi-agent.service").read_text(), re.M)
+    assert m, "systemd/avi-agent.service sets no TimeoutStopSec"
+    return float(m.group(1))
+
+
+# How fast the agent must exit on SIGTERM/SIGINT: before systemd gives up and kills it (the
+# unit's TimeoutStopSec). Idle it takes ~0.5-1 s; on this 2-core machine shared by five
+# engineers' suites and fleets (load average up to ~24) a tighter 5 s bound failed for no fault
+# of the agent. The speed itself is measured by bench/, not asserted here.
+STOP_BOUND_S = _unit_stop_timeout()
+# Hang guards, not speed checks: start to READY=1 takes ~2-3 s idle (importing py-libp2p alone
+# ~1.1 s) and was seen ~10x slower on this machine under load; a log line or datagram that the
+# agent has already sent may wait that long for the test's reader thread to get the CPU.
+READY_TIMEOUT_S = 60.0
+SEEN_TIMEOUT_S = 15.0
+
 BASE_TOML = """
 [node]
 name = "{name}"
@@ -174,7 +192,7 @@ class AgentProc:
     def address(self, timeout: float = 20.0) -> str:
         return self.wait_log(LISTEN_RE.pattern, timeout).group(1)
 
-    def signal_and_wait(self, sig: int, timeout: float = 10.0) -> tuple[int, float]:
+    def signal_and_wait(self, sig: int, timeout: float = STOP_BOUND_S + 5) -> tuple[int, float]:
         """Send ``sig``; returns (exit status, seconds until exit)."""
         t0 = time.monotonic()
         self.proc.send_signal(sig)
@@ -216,19 +234,19 @@ def test_notify_sequence_and_sigterm(tmp_path: Path, notify_socket: NotifySocket
     agent = AgentProc(["run", "--config", str(cfg)], notify=notify_socket, watchdog_usec=1_000_000)
     procs.append(agent)
 
-    i_ready, ready = notify_socket.wait_for(lambda d: d == "READY=1", timeout=20)
+    i_ready, ready = notify_socket.wait_for(lambda d: d == "READY=1", timeout=READY_TIMEOUT_S)
     # READY=1 only after the mesh listens and the devices are open (both logged before READY;
     # stderr is read by a thread, so wait for the lines rather than race it).
-    agent.wait_log(r"devices open: audio fake, gpio fake", timeout=5)
-    agent.wait_log(r"mesh listening: /ip4/127\.0\.0\.1/tcp/\d+/p2p/", timeout=5)
-    agent.wait_log(r"ready: mesh listening, devices open", timeout=5)
+    agent.wait_log(r"devices open: audio fake, gpio fake", timeout=SEEN_TIMEOUT_S)
+    agent.wait_log(r"mesh listening: /ip4/127\.0\.0\.1/tcp/\d+/p2p/", timeout=SEEN_TIMEOUT_S)
+    agent.wait_log(r"ready: mesh listening, devices open", timeout=SEEN_TIMEOUT_S)
     # A readable STATUS= line once ready, and watchdog pings from the loop (every 0.5 s).
     _, st = notify_socket.wait_for(lambda d: d.startswith("STATUS=pi-a ready"), after=i_ready)
     assert "0 peers" in st.data and "streams 0 in/0 out" in st.data and "no errors" in st.data
     assert "fake audio; fake gpio" in st.data  # simulated devices are never silent about it
-    agent.wait_log(r"WARNING +service: running with fake audio and fake gpio", timeout=5)
+    agent.wait_log(r"WARNING +service: running with fake audio and fake gpio", timeout=SEEN_TIMEOUT_S)
     i_wd, _ = notify_socket.wait_for(lambda d: d == "WATCHDOG=1", after=i_ready)
-    notify_socket.wait_for(lambda d: d == "WATCHDOG=1", after=i_wd + 1, timeout=5)
+    notify_socket.wait_for(lambda d: d == "WATCHDOG=1", after=i_wd + 1, timeout=SEEN_TIMEOUT_S)
     assert all(d.pid == agent.pid for d in notify_socket.got), "sd_notify must come from the main pid"
     texts = notify_socket.texts()
     assert texts.count("READY=1") == 1
@@ -236,20 +254,20 @@ def test_notify_sequence_and_sigterm(tmp_path: Path, notify_socket: NotifySocket
 
     rc, took = agent.signal_and_wait(signal.SIGTERM)
     assert rc == 0, agent.log()
-    assert took < 5.0, f"SIGTERM to exit took {took:.1f} s"
-    i_stop, _ = notify_socket.wait_for(lambda d: d == "STOPPING=1", timeout=2)
+    assert took < STOP_BOUND_S, f"SIGTERM to exit took {took:.1f} s"
+    i_stop, _ = notify_socket.wait_for(lambda d: d == "STOPPING=1", timeout=SEEN_TIMEOUT_S)
     assert i_stop > i_ready
-    agent.wait_log(r"SIGTERM received: stopping", timeout=5)
-    agent.wait_log(r"stopped \(exit 0\)", timeout=5)
+    agent.wait_log(r"SIGTERM received: stopping", timeout=SEEN_TIMEOUT_S)
+    agent.wait_log(r"stopped \(exit 0\)", timeout=SEEN_TIMEOUT_S)
 
 
 def test_sigint_exits_zero(tmp_path: Path, notify_socket: NotifySocket, procs) -> None:
     agent = AgentProc(["run", "--config", str(write_config(tmp_path / "a.toml"))], notify=notify_socket)
     procs.append(agent)
-    notify_socket.wait_for(lambda d: d == "READY=1", timeout=20)
+    notify_socket.wait_for(lambda d: d == "READY=1", timeout=READY_TIMEOUT_S)
     rc, took = agent.signal_and_wait(signal.SIGINT)
-    assert (rc, took < 5.0) == (0, True), agent.log()
-    notify_socket.wait_for(lambda d: d == "STOPPING=1", timeout=2)
+    assert (rc, took < STOP_BOUND_S) == (0, True), agent.log()
+    notify_socket.wait_for(lambda d: d == "STOPPING=1", timeout=SEEN_TIMEOUT_S)
     # No watchdog without WATCHDOG_USEC.
     assert "WATCHDOG=1" not in notify_socket.texts()
 
@@ -259,7 +277,7 @@ def test_sighup_applies_what_it_can_and_names_the_rest(tmp_path: Path, notify_so
     cfg = write_config(tmp_path / "agent.toml")
     agent = AgentProc(["run", "--config", str(cfg)], notify=notify_socket)
     procs.append(agent)
-    i_ready, _ = notify_socket.wait_for(lambda d: d == "READY=1", timeout=20)
+    i_ready, _ = notify_socket.wait_for(lambda d: d == "READY=1", timeout=READY_TIMEOUT_S)
 
     write_config(cfg, interval=2.0, stale=6.0, level="DEBUG",
                  extra="")  # live: level, interval, stale
@@ -284,7 +302,7 @@ def test_sighup_applies_what_it_can_and_names_the_rest(tmp_path: Path, notify_so
                            after=i_ready2)
     assert agent.proc.poll() is None
     rc, took = agent.signal_and_wait(signal.SIGTERM)
-    assert (rc, took < 5.0) == (0, True), agent.log()
+    assert (rc, took < STOP_BOUND_S) == (0, True), agent.log()
 
 
 def _write_wav(path: Path, seconds: float = 0.5) -> None:
@@ -308,7 +326,7 @@ def test_device_fault_is_shown_retried_and_recovers(tmp_path: Path, notify_socke
         f'[audio]\nbackend = "fake"\nreopen_interval_s = 0.3\n[audio.fake_source]\nkind = "wav"\npath = "{wav}"'))
     agent = AgentProc(["run", "--config", str(cfg)], notify=notify_socket)
     procs.append(agent)
-    i_ready, _ = notify_socket.wait_for(lambda d: d == "READY=1", timeout=20)
+    i_ready, _ = notify_socket.wait_for(lambda d: d == "READY=1", timeout=READY_TIMEOUT_S)
     _, st = notify_socket.wait_for(lambda d: d.startswith("STATUS=degraded: no sound card (") and "mic.wav" in d,
                                    after=i_ready)
     assert "pi-a ready" in st.data and "talk off" in st.data, st.data
@@ -318,12 +336,12 @@ def test_device_fault_is_shown_retried_and_recovers(tmp_path: Path, notify_socke
     assert agent.proc.poll() is None
     assert len([ln for ln in agent.lines if "fault: audio" in ln]) == 1, agent.log()
     _write_wav(wav)
-    agent.wait_log(r"recovered: audio", timeout=20)
+    agent.wait_log(r"recovered: audio", timeout=READY_TIMEOUT_S)
     notify_socket.wait_for(lambda d: d.startswith("STATUS=pi-a ready") and "no errors" in d
-                           and "talk on" in d, after=i_ready, timeout=20)
+                           and "talk on" in d, after=i_ready, timeout=READY_TIMEOUT_S)
     assert notify_socket.texts().count("READY=1") == 1
     rc, took = agent.signal_and_wait(signal.SIGTERM)
-    assert (rc, took < 5.0) == (0, True), agent.log()
+    assert (rc, took < STOP_BOUND_S) == (0, True), agent.log()
 
 
 async def test_missing_sound_card_shows_on_the_led_and_in_the_status_message(tmp_path: Path) -> None:
@@ -376,7 +394,7 @@ async def test_network_fault_shows_on_led_and_the_mesh_is_retried(tmp_path: Path
         with trio.fail_after(30):
             while not service.ready_sent or service.faults.active:
                 await trio.sleep(0.05)
-        with trio.fail_after(5):
+        with trio.fail_after(SEEN_TIMEOUT_S):  # hang guard: the LED follows at once
             while service.devices.led.pattern.name != "idle":
                 await trio.sleep(0.05)
         assert service.listen_addresses[0].startswith(f"/ip4/127.0.0.1/tcp/{port}/p2p/")

@@ -81,6 +81,19 @@ async def until_connected(n: Node, peer: str, timeout: float = 10.0) -> None:
             await trio.sleep(0.02)
 
 
+async def until_meshed(ns: list[Node], topic: str, timeout: float = 30.0) -> None:
+    """Wait until GossipSub has every connected neighbour of each node in its mesh for `topic`
+    (all of them subscribe): until then a message may reach nobody. The mesh forms at the
+    heartbeat after subscriptions are known (1 s idle; later on a busy machine, so no fixed
+    sleep). There is no public API for the router's mesh: this reads the node's internals."""
+    with trio.fail_after(timeout):
+        while True:
+            if all(set(n.h.connected_peers())
+                   <= {p.to_base58() for p in n.node._router.mesh.get(topic, ())} for n in ns):
+                return
+            await trio.sleep(0.05)
+
+
 async def connect(a: Node, b: Node) -> None:
     await a.h.dial(b.addr)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import trio
 
 from agent.mesh import Message, PubSubError, LimitError
-from tests.mesh.meshutil import chain, nodes
+from tests.mesh.meshutil import chain, nodes, until_meshed
 
 import pytest
 
@@ -15,10 +15,10 @@ def msg_on(topic: str):
 
 
 async def wait_mesh(ns, topic: str) -> None:
-    """Let subscriptions propagate and GossipSub form its mesh (heartbeat is 1 s)."""
+    """Subscribe all, then wait until GossipSub formed its mesh (heartbeat is 1 s)."""
     for n in ns:
         await n.h.subscribe(topic)
-    await trio.sleep(2.5)
+    await until_meshed(ns, topic)
 
 
 async def test_three_nodes_each_hears_the_others():

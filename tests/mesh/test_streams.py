@@ -144,7 +144,10 @@ async def test_slow_application_loses_audio_but_no_control_event():
             for i in range(200):
                 await a.h.send_audio(sid, i.to_bytes(2, "big"))
                 await trio.sleep(0.001)
-            await trio.sleep(0.5)
+            # Until the node has read all 200 (a fixed sleep was too short on a busy machine).
+            with trio.fail_after(30):
+                while next(s for s in slow.stats().streams if s.stream_id == sid).frames_received < 200:
+                    await trio.sleep(0.05)
             # 8 wait in the buffer and one in the hand of the task that feeds the channel.
             assert slow.stats().audio_frames_dropped >= 200 - 8 - 1
             await a.h.close_audio_stream(sid)
