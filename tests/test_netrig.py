@@ -154,7 +154,10 @@ def test_tcp_echo_between_two_hosts(rig: Rig) -> None:
 
 
 def udp_burst(src: Host, dst: Host, port: int, count: int = 1000) -> tuple[dict, dict]:
-    recv = dst.tool("udp-recv", "--bind", f"{dst.ip}:{port}", "--idle", "0.7")
+    # The receiver stops once the burst has been silent for --idle s. The sender pauses 2 ms
+    # every 50 datagrams, so 2 s of silence means it is done, even if a busy machine
+    # deschedules it for a while mid-burst (0.7 s was the whole margin before).
+    recv = dst.tool("udp-recv", "--bind", f"{dst.ip}:{port}", "--idle", "2.0")
     assert read_line(recv, timeout=10).startswith("ready")
     sent = src.run_tool("udp-send", "--to", f"{dst.ip}:{port}", "--count", str(count))
     stdout, _ = recv.communicate(timeout=20)
