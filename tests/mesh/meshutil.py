@@ -41,9 +41,11 @@ class Node:
             self._changed.set()
             self._changed = trio.Event()
 
-    async def wait_for(self, pred: Callable[[Event], bool], timeout: float = 10.0,
+    async def wait_for(self, pred: Callable[[Event], bool], timeout: float = 30.0,
                        count: int = 1) -> list[Event]:
-        """Wait until `count` recorded events match `pred`; returns them."""
+        """Wait until `count` recorded events match `pred`; returns them. The timeout is a hang
+        guard (events on loopback come within milliseconds when idle; a load average of 30 on
+        this 2-core machine stretches that a lot), not a speed check."""
         with trio.fail_after(timeout):
             while True:
                 hits = [e for e in self.seen if pred(e)]

@@ -215,7 +215,7 @@ async def test_topic_flood_is_cut_and_a_polite_peer_loses_nothing():
             # The flood's arrival lies inside [t0, t_end]; the limiter's one-second windows
             # over it number at most span + 2.
             span = trio.current_time() - t0
-            await t.wait_for(lambda e: isinstance(e, Message) and e.data == polite_sent[-1], timeout=10)
+            await t.wait_for(lambda e: isinstance(e, Message) and e.data == polite_sent[-1])
 
             polite_got = [d for d in messages(t, polite.peer_id)[base[polite.peer_id]:] if d.startswith(b"P")]
             got, dropped = flood_got(), flood_dropped()
@@ -239,7 +239,7 @@ async def test_topic_flood_is_cut_and_a_polite_peer_loses_nothing():
             # The node stays up and serves both peers.
             assert polite.peer_id in t.h.connected_peers()
             await polite.h.publish(TOPIC, b"after")
-            await t.wait_for(lambda e: isinstance(e, Message) and e.data == b"after", timeout=10)
+            await t.wait_for(lambda e: isinstance(e, Message) and e.data == b"after")
 
 
 # --- 2. audio faster than real time -------------------------------------------------------
@@ -410,7 +410,7 @@ async def test_messages_with_bad_or_missing_signature_are_dropped():
                 await pubsub.publish_spoiled(TOPIC, how.encode(), how,
                                              other_key=ID.from_base58(other.peer_id).to_bytes())
             await pubsub.publish(TOPIC, b"control")  # same connection, sent after the bad ones
-            await t.wait_for(lambda e: isinstance(e, Message) and e.data == b"control", timeout=10)
+            await t.wait_for(lambda e: isinstance(e, Message) and e.data == b"control")
             await trio.sleep(0.5)
             got = [(e.from_peer, e.data) for e in t.of(Message)]
             print(f"\n[signatures] sent {len(SPOILED)} spoiled ({', '.join(SPOILED)}) + control; "
