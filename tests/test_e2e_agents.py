@@ -21,7 +21,10 @@ import trio
 
 from agent.simulate import SimNode, prepare, start, stop, watch
 
-PRESS_AT_S = 4.0  # after the agent starts: mesh up, groups announced
+# After the agent starts: mesh up, groups announced. That takes ~1.5-2.5 s idle (and with two
+# CPU hogs running); the presses are scripted in each agent's own time, so they cannot wait
+# for it: 6 s leaves room for a busy machine at the cost of 2 s per test.
+PRESS_AT_S = 6.0
 HOLD_S = 2.0
 TAIL_S = 3.5      # watched after the last release (agents start ~1 s after the watch; status each 1 s)
 LOUD_RMS = 500.0  # a 20 ms frame louder than this holds sound (the tones are ~11 600 RMS)

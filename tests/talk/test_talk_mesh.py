@@ -13,6 +13,9 @@ from agent.talk.groups import encode_announcement
 
 from .rig import LOCAL, agent, analyse, know_each_other, wait_until
 
+# Waits for a talk to END are hang guards (20 s): it ends within ~0.5 s of the release. Waits
+# for something during a 2 s talk stay short: past the talk they could never succeed.
+
 HOLD_S = 2.0
 
 
@@ -29,13 +32,13 @@ async def test_two_nodes_each_hears_the_other(tmp_path: Path) -> None:
         assert a.talk.stats().transmitting and a.talk.stats().streams_out == 1
         await trio.sleep(HOLD_S - 0.5 - 0.1)
         await a.button.release()
-        await wait_until(lambda: b.talk.stats().streams_in == 0 and b.led.pattern.name == "idle", 5,
+        await wait_until(lambda: b.talk.stats().streams_in == 0 and b.led.pattern.name == "idle", 20,
                          "b to hear the end of a's talk")
         assert a.led.pattern.name == "idle" and a.talk.stats().streams_out == 0
         await trio.sleep(0.5)
 
         await b.hold(HOLD_S)
-        await wait_until(lambda: a.talk.stats().streams_in == 0 and a.talk.stats().frames_played > 80, 5,
+        await wait_until(lambda: a.talk.stats().streams_in == 0 and a.talk.stats().frames_played > 80, 20,
                          "a to hear b's talk")
         await trio.sleep(0.5)
         sa, sb = a.talk.stats(), b.talk.stats()
@@ -54,7 +57,10 @@ async def test_two_nodes_each_hears_the_other(tmp_path: Path) -> None:
         assert rx.frames_received >= 0.95 * sent.frames_sent > 80
         assert rx.frames_played >= 0.9 * sent.frames_sent
         assert rx.latency_samples >= 80 and rx.latency_p50_ms is not None
-        assert 20 <= rx.latency_p50_ms < 200, rx.latency_p50_ms
+        # Measured p50 ~95-100 ms (with two CPU hogs too). The adaptive playout may raise its
+        # delay up to jitter_max_ms (300 ms) when a busy machine makes arrivals jittery, so the
+        # bound is that plus 100 ms: a value past it means latency is not under control.
+        assert 20 <= rx.latency_p50_ms < 400, rx.latency_p50_ms
 
 
 async def test_three_nodes_two_talk_at_once_listener_hears_both(tmp_path: Path) -> None:
@@ -69,7 +75,7 @@ async def test_three_nodes_two_talk_at_once_listener_hears_both(tmp_path: Path) 
             n.start_soon(b.hold, HOLD_S)
             await wait_until(lambda: c.talk.stats().streams_in == 2, 5, "c to hear two talkers")
             assert c.led.pattern.name == "receiving"
-        await wait_until(lambda: c.talk.stats().streams_in == 0, 5, "both talks to end")
+        await wait_until(lambda: c.talk.stats().streams_in == 0, 20, "both talks to end")
         await trio.sleep(0.3)
         sc = c.talk.stats()
     print(sc)
@@ -98,7 +104,7 @@ async def test_peer_in_another_group_is_not_streamed_to_and_a_late_joiner_is(tmp
         await wait_until(lambda: c.talk.stats().streams_in == 1, 20, "c to be streamed to after joining")
         await trio.sleep(0.5)
         await a.button.release()
-        await wait_until(lambda: c.talk.stats().streams_in == 0, 5, "the talk to end")
+        await wait_until(lambda: c.talk.stats().streams_in == 0, 20, "the talk to end")
         assert c.talk.stats().frames_played > 10
         assert b.talk.stats().frames_received == 0 and b.talk.stats().streams_rejected == 0
 
@@ -165,7 +171,7 @@ async def test_a_busy_receiver_refuses_without_stopping_the_other_streams(tmp_pa
         assert b.talk.stats().transmitting and a.talk.stats().streams_in == 1  # a still hears b
         await a.button.release()
         await b.button.release()
-        await wait_until(lambda: a.talk.stats().streams_in == 0 and c.talk.stats().streams_in == 0, 5,
+        await wait_until(lambda: a.talk.stats().streams_in == 0 and c.talk.stats().streams_in == 0, 20,
                          "the talks to end")
         await trio.sleep(0.3)
     ha, hc = analyse(a.wav), analyse(c.wav)  # type: ignore[arg-type]
@@ -183,7 +189,7 @@ async def test_a_stuck_button_stops_transmitting_after_max_talk_s(tmp_path: Path
         assert a.button.pressed and not a.talk.stats().transmitting
         assert a.led.pattern.name == "idle"
         await a.button.release()
-        await wait_until(lambda: b.talk.stats().streams_in == 0, 5, "b to hear the end")
+        await wait_until(lambda: b.talk.stats().streams_in == 0, 20, "b to hear the end")
         await trio.sleep(0.3)
         sent_once = a.talk.stats().frames_sent
         await a.hold(0.5)  # a fresh press transmits again
