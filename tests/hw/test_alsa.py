@@ -249,8 +249,10 @@ def test_capture_device_vanishes_and_returns(alsa_conf, tmp_path: Path, run_trio
             alsa_conf.remove("mic")  # the card is gone: re-opens fail for real
 
             async def replug() -> None:
-                await trio.sleep(0.3)
-                assert src.stats().state == "recovering"
+                await trio.sleep(0.3)  # an outage of a few re-open attempts (every 0.05 s)
+                with trio.fail_after(10):  # the failing read runs on a worker thread: wait for it
+                    while src.stats().state != "recovering":
+                        await trio.sleep(0.01)
                 alsa_conf.file_pcm("mic", infile=infile)
 
             async with trio.open_nursery() as n:

@@ -225,10 +225,15 @@ async def test_a_relay_tree_reaches_every_member_with_bounded_upload(tmp_path: P
         relayed = sum(x.talk.frames_relayed for x in listeners)
         depth = talker.talk._plan.depth() if talker.talk._plan else 0
         direct = talker.talk.stats().streams_out
-    assert depth == 2 and max_out <= 2, (depth, max_out)
+        failed = talker.talk.stats().streams_failed + sum(x.talk.relay_failures for x in listeners)
+    print(f"relay tree: depth {depth}, talker streams {direct}, frames relayed {relayed}, "
+          f"max streams out of one node {max_out}, failed stream requests {failed}")
+    assert depth == 2 and max_out <= 2, (depth, max_out, failed)
     assert relayed > 3 * 80, f"relays forwarded only {relayed} frames"
     for x in listeners:
         heard = analyse(x.wav)  # type: ignore[arg-type]
-        assert 1.5 <= heard.active_s <= 2.5, f"{x.name}: {heard}"
+        # About 2 s. Six real-time agents share one process here: on a busy machine the playout
+        # conceals and waits out stalls, which lengthens what is heard (2.76 s seen with two CPU
+        # hogs), so the ceiling is 3 s; the tone must still be the talker's.
+        assert 1.5 <= heard.active_s <= 3.0, f"{x.name}: {heard}"
         assert abs(heard.peaks_hz[0] - 440) < 5, f"{x.name}: {heard}"
-    print(f"relay tree: depth {depth}, talker streams {direct}, frames relayed {relayed}")
