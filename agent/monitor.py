@@ -82,6 +82,7 @@ class Monitor:
         can run next to the agent on the same box without taking its peer id)."""
         return self.config.mesh.model_copy(update={
             "identity_path": None, "listen_port": 0,
+            "retained_topics": list(dict.fromkeys([*self.config.mesh.retained_topics, self.config.status.topic])),
             "node_name": f"{self.config.node.name}-monitor"[:64]})
 
     async def run(self) -> int:
@@ -104,7 +105,7 @@ class Monitor:
                     n.start_soon(self._render_loop)
                     async for event in events:
                         if isinstance(event, Message) and event.topic == self.config.status.topic:
-                            if self.view.receive(event.from_peer, event.data) is not None:
+                            if self.view.receive(event.from_peer, event.data, event.age_s) is not None:
                                 self._dirty.set()
         if not self.json_lines:
             self.out.write("\n")

@@ -416,7 +416,7 @@ class Service:
         while True:
             started = False
             try:
-                async with AviP2p.start(self.config.mesh) as (node, events):
+                async with AviP2p.start(self.mesh_config()) as (node, events):
                     started = True
                     delay = 1.0
                     self.clear_fault("mesh")
@@ -438,6 +438,15 @@ class Service:
                        f"{reason}; restarting in {delay:g} s")
             await trio.sleep(delay)
             delay = min(delay * 2, MESH_RETRY_MAX_S)
+
+    def mesh_config(self) -> Any:
+        """The mesh settings, with the status and talk topics retained: a node that connects
+        gets every node's latest status and talk groups from its neighbour at once."""
+        from agent.talk.groups import TOPIC as TALK_TOPIC
+
+        cfg = self.config.mesh
+        retained = list(dict.fromkeys([*cfg.retained_topics, self.config.status.topic, TALK_TOPIC]))
+        return cfg.model_copy(update={"retained_topics": retained})
 
     async def _with_mesh(self, node: Any, events: trio.MemoryReceiveChannel[Event]) -> None:
         handle = node.handle()

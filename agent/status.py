@@ -38,8 +38,27 @@ STATUS_VERSION = 1
 MAX_LISTED_PEERS = 16  # connected_peers is a sample; `peers` is the count
 MAX_LISTED_STREAMS = 8  # talk_streams lists at most this many incoming streams
 MAX_ERROR_CHARS = 300
-# Publishing on change is coalesced: at most one message per this many seconds.
+FIRST_STATUS_LOGGED = 8  # "first status from" lines logged at INFO, the rest at DEBUG
+# Peers listed in a message we send (a sample; `peers` is the count). Readers accept up to
+# MAX_LISTED_PEERS: fewer keeps the message small, and every node receives every node's.
+LISTED_PEERS_SENT = 4
+# Publishing on change is coalesced: at most one message per this many seconds ...
 MIN_PUBLISH_GAP_S = 0.25
+# ... and per this fraction of the periodic interval (a fleet starting up changes every count).
+CHANGE_GAP_FRACTION = 0.1
+# Status messages per second the whole fleet sends at most, periodically: each node's interval
+# grows with the fleet it sees (interval_s at least), so a node's idle traffic (it receives
+# every node's status) stays flat as the fleet grows. A newcomer does not wait for that long
+# interval: its neighbours hand it every node's latest status when it connects (retained).
+FLEET_STATUS_RATE = 1.0
+# A node is stale after this many of its own intervals without a message (at least stale_after_s).
+STALE_INTERVALS = 2.5
+
+
+def fleet_interval(base_s: float, fleet: int, fleet_rate: float) -> float:
+    """The periodic interval of one node in a fleet of `fleet` others: `base_s`, or longer so
+    that the whole fleet sends at most `fleet_rate` messages per second."""
+    return max(base_s, (fleet + 1) / fleet_rate)
 
 State = Literal["starting", "ok", "degraded"]
 
@@ -92,6 +111,7 @@ class StatusMessage(BaseModel):
     stretched_ms: float = Field(0.0, ge=0, description="time-stretched, all streams")
     talk_streams: list[TalkStreamStatus] = Field(default_factory=list, max_length=MAX_LISTED_STREAMS)
     status_rejected: int = Field(0, ge=0, description="peers' status messages we dropped")
+    interval_s: float | None = Field(None, ge=0, description="seconds until this node's next periodic status")
     last_error: str | None = Field(None, max_length=MAX_ERROR_CHARS)
     backends: dict[str, str] = Field(default_factory=dict, max_length=4,
                                      description='device backends, e.g. {"audio": "alsa", "gpio": "fake"}')
@@ -195,6 +215,7 @@ class FleetView:
         self._rejected: dict[str, int] = {}
         self._evicted = 0
         self._warned: set[tuple[str, str]] = set()
+        self._first_logged = 0
 
     @classmethod
     def from_config(cls, cfg: StatusConfig, **kw: Any) -> "FleetView":
@@ -211,8 +232,9 @@ class FleetView:
     def rejected(self) -> int:
         return sum(self._rejected.values())
 
-    def receive(self, from_peer: str, data: bytes) -> StatusMessage | None:
-        """Take one message off the status topic; returns it, or None when it was dropped."""
+    def receive(self, from_peer: str, data: bytes, age_s: float = 0.0) -> StatusMessage | None:
+        """Take one message off the status topic; returns it, or None when it was dropped.
+        `age_s`: how long a neighbour held it before handing it over (retained message)."""
         try:
             msg = decode_status(data, from_peer, self.max_message_bytes)
         except StatusRejected as exc:
@@ -226,14 +248,19 @@ class FleetView:
             return None
         if msg.peer_id == self.local_peer_id:
             return None
-        now = self._clock()
+        now = self._clock() - max(0.0, age_s)
         slot = self._nodes.get(msg.peer_id)
+        if slot is not None and now < slot.last_seen:
+            return None  # a retained copy older than what we have
         if slot is None:
             if len(self._nodes) >= self.max_nodes:
                 self._evict_one()
             self._nodes[msg.peer_id] = _Slot(msg, now)
-            log.info("fleet: first status from %s (%s)", msg.node, msg.peer_id,
-                     extra={"peer": msg.peer_id, "_summary": "fleet"})
+            # The first few at INFO; in a big fleet the rest at DEBUG (49 lines per node otherwise).
+            level = logging.INFO if self._first_logged < FIRST_STATUS_LOGGED else logging.DEBUG
+            self._first_logged += 1
+            log.log(level, "fleet: first status from %s (%s)", msg.node, msg.peer_id,
+                    extra={"peer": msg.peer_id, "_summary": "fleet"})
         else:
             # The latest to arrive wins: messages are seconds apart, and a restarted node
             # legitimately starts again at seq 0.
@@ -241,6 +268,11 @@ class FleetView:
             slot.messages += 1
         self._accepted += 1
         return msg
+
+    def stale_limit(self, msg: StatusMessage) -> float:
+        """Seconds of silence after which `msg`'s node is stale: stale_after_s, or longer for a
+        node that said it publishes less often (a big fleet)."""
+        return max(self.stale_after_s, STALE_INTERVALS * (msg.interval_s or 0.0))
 
     def _evict_one(self) -> None:
         oldest = min(self._nodes, key=lambda p: self._nodes[p].last_seen)
@@ -253,7 +285,7 @@ class FleetView:
     def entries(self, now: float | None = None) -> list[FleetEntry]:
         """Every node, sorted by name then peer id, with its stale flag as of ``now``."""
         now = self._clock() if now is None else now
-        out = [FleetEntry(s.status, s.last_seen, s.messages, now - s.last_seen > self.stale_after_s)
+        out = [FleetEntry(s.status, s.last_seen, s.messages, now - s.last_seen > self.stale_limit(s.status))
                for s in self._nodes.values()]
         out.sort(key=lambda e: (e.status.node, e.peer_id))
         return out
@@ -357,7 +389,7 @@ class Status:
     def handle_message(self, msg: Message) -> StatusMessage | None:
         if msg.topic != self.config.topic:
             return None
-        got = self.view.receive(msg.from_peer, msg.data)
+        got = self.view.receive(msg.from_peer, msg.data, getattr(msg, "age_s", 0.0))
         if got is not None and self._last_key is not None and self.view.fresh_count() != self._last_key[-1]:
             self.poke()  # the fleet size we report changed
         return got
@@ -370,7 +402,7 @@ class Status:
         return StatusMessage(
             node=self.node_name, peer_id=self.peer_id, version=__version__[:32], seq=self._seq,
             uptime_s=round(time.monotonic() - self._started, 1), state=f.state,
-            peers=len(f.peers), connected_peers=sorted(f.peers)[:MAX_LISTED_PEERS],
+            peers=len(f.peers), connected_peers=sorted(f.peers)[:LISTED_PEERS_SENT],
             fleet=self.view.fresh_count(), streams_in=f.streams_in, streams_out=f.streams_out,
             frames_sent=f.frames_sent, frames_received=f.frames_received, xruns=f.xruns,
             drops=f.drops, cpu_load=f.cpu_load, process_cpu=f.process_cpu, temp_c=f.temp_c,
@@ -379,7 +411,12 @@ class Status:
             frames_concealed=f.frames_concealed,
             stretched_ms=round(float(f.stretched_ms), 1), talk_streams=list(f.talk_streams[:MAX_LISTED_STREAMS]),
             status_rejected=self.view.rejected, last_error=err,
-            backends={k: str(v)[:16] for k, v in list(f.backends.items())[:4]})
+            backends={k: str(v)[:16] for k, v in list(f.backends.items())[:4]},
+            interval_s=round(self.interval(), 1))
+
+    def interval(self) -> float:
+        """This node's periodic interval now (grows with the fleet it sees)."""
+        return fleet_interval(self.config.interval_s, len(self.view.entries()), FLEET_STATUS_RATE)
 
     @staticmethod
     def _change_key(m: StatusMessage) -> tuple[Any, ...]:
@@ -414,16 +451,18 @@ class Status:
                 await _first_of(self._changed, self._reconfigured)
             if self._reconfigured.is_set():
                 self._reconfigured = trio.Event()
-                next_tick = min(next_tick, trio.current_time() + self.config.interval_s)
+                next_tick = min(next_tick, trio.current_time() + self.interval())
             if trio.current_time() >= next_tick:
                 self._changed = trio.Event()
                 await self.publish_now()
-                next_tick = trio.current_time() + self.config.interval_s
+                next_tick = trio.current_time() + self.interval()
             elif self._changed.is_set():
                 self._changed = trio.Event()
                 if self._change_key(self.build()) != self._last_key:
                     await self.publish_now()
-            await trio.sleep(MIN_PUBLISH_GAP_S)  # coalesce bursts of changes
+            # Coalesce bursts of changes (more so in a big fleet, where the fleet count changes
+            # with every node that starts).
+            await trio.sleep(max(MIN_PUBLISH_GAP_S, CHANGE_GAP_FRACTION * self.interval()))
 
 
 async def _first_of(*events: trio.Event) -> None:

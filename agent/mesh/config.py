@@ -48,6 +48,10 @@ class AviP2pConfig(BaseModel):
     redial_max_s: float = Field(15.0, ge=1.0, le=3600.0)
     # ... and forgotten once missing this long (configured bootstrap peers never are).
     forget_after_s: float = Field(300.0, ge=1.0, le=7 * 24 * 3600.0)
+    # Topics whose latest message per origin the node keeps and hands to each newly connected
+    # peer (signed originals, checked again on arrival), so a newcomer knows the fleet's state
+    # at once rather than after everyone's next periodic message.
+    retained_topics: list[str] = Field(default_factory=list, max_length=16)
 
     @field_validator("bootstrap_peers")
     @classmethod

@@ -39,6 +39,9 @@ class Message:
     from_peer: PeerId
     topic: str
     data: bytes
+    # Seconds the message had been held by a neighbour before it reached us: 0 for pub/sub
+    # delivery, the holding time for a retained message handed over on connect.
+    age_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

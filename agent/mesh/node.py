@@ -50,6 +50,11 @@ MAX_KNOWN_PEERS_FACTOR = 4
 PEERSTORE_CLEANUP_S = 60
 # Asked by `dial()` once connected: the answer says whether the peer keeps the connection.
 ADMISSION_PROTOCOL_ID = "/avi/admission/1.0.0"
+# Retained messages handed to a newly connected peer: entries of u32 length, u32 age in ms,
+# then a signed pub/sub Message (protobuf), as GossipSub carried it.
+RETAINED_PROTOCOL_ID = "/avi/retained/1.0.0"
+MAX_RETAINED = 1024
+MAX_RETAINED_SYNC_BYTES = 4 * 1024 * 1024
 REFUSED_BACKOFF_S = 30.0
 
 
@@ -182,6 +187,9 @@ class AviP2p:
         # Per (origin, topic) message counts in the current one-second window (see _over_rate).
         self._rate_window = 0.0
         self._rate_counts: dict[tuple[bytes, str], int] = {}
+        self._retained_topics = frozenset(config.retained_topics)
+        self._retained: dict[tuple[bytes, str], tuple[rpc_pb2.Message, float]] = {}
+        self.retained_received = 0
 
     # --- lifecycle --------------------------------------------------------------------------
     @classmethod
@@ -236,6 +244,7 @@ class AviP2p:
         self._host.get_network().register_notifee(_NetworkEvents(self._net_send))
         self._host.set_stream_handler(PROTOCOL_ID, self._on_incoming_stream)
         self._host.set_stream_handler(ADMISSION_PROTOCOL_ID, self._on_admission)
+        self._host.set_stream_handler(RETAINED_PROTOCOL_ID, self._on_retained)
         try:
             try:
                 async with self._host.run([listen_multiaddr(cfg.listen_host, cfg.listen_port)]):
@@ -359,6 +368,7 @@ class AviP2p:
             except Exception:
                 self._messages_dropped += 1
                 continue
+            self._retain(msg)
             if origin == self.local_peer_id:
                 continue  # our own publication, echoed by the router
             if self._allowed and origin not in self._allowed:
@@ -369,6 +379,93 @@ class AviP2p:
             for topic in msg.topicIDs:
                 if topic in self._topics:
                     await self._emit(Message(origin, topic, bytes(msg.data)))
+
+    # --- retained messages ------------------------------------------------------------------
+    def _retain(self, msg: rpc_pb2.Message) -> None:
+        for topic in msg.topicIDs:
+            if topic in self._retained_topics:
+                key = (bytes(msg.from_id), topic)
+                self._retained.pop(key, None)
+                self._retained[key] = (msg, trio.current_time())
+                while len(self._retained) > MAX_RETAINED:
+                    self._retained.pop(next(iter(self._retained)))
+
+    async def _send_retained(self, peer: ID) -> None:
+        if not self._retained:
+            return
+        now = trio.current_time()
+        out = bytearray()
+        for msg, at in list(self._retained.values()):
+            if bytes(msg.from_id) == peer.to_bytes():
+                continue  # its own messages
+            body = msg.SerializeToString()
+            if len(out) + len(body) + 8 > MAX_RETAINED_SYNC_BYTES:
+                break
+            age_ms = min(int((now - at) * 1000), 2**32 - 1)
+            out += len(body).to_bytes(4, "big") + age_ms.to_bytes(4, "big") + body
+        if not out:
+            return
+        with trio.move_on_after(self.config.request_timeout):
+            try:
+                stream = await self._host.new_stream(peer, [RETAINED_PROTOCOL_ID])
+                await stream.write(bytes(out))
+                await stream.close()
+            except Exception as exc:  # the peer may not speak it, or went away: gossip still works
+                log.debug("retained messages not sent to %s: %s", peer, exc)
+
+    async def _on_retained(self, stream: INetStream) -> None:
+        """A neighbour's retained messages: each one's signature is checked as GossipSub would,
+        messages already seen (or older than what we hold from that origin) are skipped, the
+        rest are delivered as `Message` with their age, and not forwarded."""
+        from libp2p.pubsub.validators import signature_validator
+
+        peer = PeerId(stream.muxed_conn.peer_id.to_base58())
+        if self._allowed and peer not in self._allowed:
+            await stream.reset()
+            return
+        data = bytearray()
+        with trio.move_on_after(self.config.request_timeout):
+            try:
+                while len(data) <= MAX_RETAINED_SYNC_BYTES:
+                    chunk = await read_some(stream, 65536)
+                    if not chunk:
+                        break
+                    data += chunk
+            except STREAM_ERRORS as exc:
+                log.debug("retained messages from %s cut short: %s", peer, exc)
+        pos, limit = 0, self.config.max_message_size + 4096
+        while pos + 8 <= len(data):
+            size, age_ms = int.from_bytes(data[pos:pos + 4], "big"), int.from_bytes(data[pos + 4:pos + 8], "big")
+            body = bytes(data[pos + 8:pos + 8 + size])
+            pos += 8 + size
+            if size > limit or len(body) < size:
+                break
+            msg = rpc_pb2.Message()
+            try:
+                msg.ParseFromString(body)
+                origin = PeerId(ID(msg.from_id).to_base58())
+            except Exception:
+                self._messages_dropped += 1
+                continue
+            topics = [t for t in msg.topicIDs if t in self._topics and t in self._retained_topics]
+            if not topics or origin == self.local_peer_id or (self._allowed and origin not in self._allowed):
+                continue
+            if self._pubsub._is_msg_seen(msg):
+                continue
+            held = self._retained.get((bytes(msg.from_id), topics[0]))
+            if held is not None and held[0].seqno >= msg.seqno:
+                continue  # we hold the same or a newer one from that origin
+            if not signature_validator(msg):
+                self._messages_dropped += 1
+                log.debug("retained message from %s with a bad signature (via %s)", origin, peer)
+                continue
+            self._pubsub._mark_msg_seen(msg)
+            self._retain(msg)
+            self.retained_received += 1
+            self._received += 1
+            self._bytes_in += len(msg.data)
+            for topic in topics:
+                await self._emit(Message(origin, topic, bytes(msg.data), age_s=age_ms / 1000))
 
     # --- connections ------------------------------------------------------------------------
     def _may_connect(self, peer: PeerId) -> str | None:
@@ -437,6 +534,8 @@ class AviP2p:
             self._remember(peer)
             if self._dht is not None:
                 self._nursery_soon(self._add_to_dht, _peer(conn))
+            if self._retained_topics:
+                self._nursery_soon(self._send_retained, _peer(conn))
             await self._emit(PeerConnected(peer, address))
 
     async def _lost(self, peer: PeerId) -> None:

@@ -46,7 +46,7 @@ from .playout import AdaptivePlayout
 from .latency import LatencyWindow
 from .mixer import Mixer
 from .outqueue import DropOldestQueue
-from .relay import RelayPlan, RelayTable, adopt, encode_plan, parse_plan, plan_tree
+from .relay import PLAN_TOPIC, RelayPlan, RelayTable, adopt, encode_plan, parse_plan, plan_tree
 
 __all__ = ["Talk", "TalkStats", "StreamStatus"]
 
@@ -56,6 +56,10 @@ OUTPUT_QUEUE_FRAMES = 5      # playout -> sink; beyond this the oldest frame is 
 PENDING_GRACE_S = 3.0        # how long a request from a peer of unknown group may wait
 MAX_PENDING = 16
 ANNOUNCE_SLOW_S = 5.0
+# Announcements per second the whole fleet sends at most: a node's interval grows with the
+# number of nodes it knows (ANNOUNCE_SLOW_S at least), so idle traffic stays flat as the fleet
+# grows. Newcomers get everyone's latest announcement from their neighbours (retained topic).
+ANNOUNCE_FLEET_RATE = 1.0
 # After a peer connects, one extra announcement (coalesced: at most one per this many seconds),
 # not a burst: with N nodes starting, bursts made an announcement storm of N^2 messages.
 ANNOUNCE_MIN_GAP_S = 1.0
@@ -226,6 +230,7 @@ class Talk:
                 # overruns while the subscription below goes round the mesh.
                 n.start_soon(self._capture_loop)
                 await self.handle.subscribe(TOPIC)
+                await self.handle.subscribe(PLAN_TOPIC)
                 n.start_soon(self._button_loop)
                 n.start_soon(self._playout_loop)
                 n.start_soon(self._sink_loop)
@@ -248,6 +253,13 @@ class Talk:
                     await self._relay_frame(ins, event)
             case Message(topic=topic, from_peer=peer, data=data) if topic == TOPIC:
                 self._on_announcement(peer, data)
+            case Message(topic=topic, from_peer=peer, data=data) if topic == PLAN_TOPIC:
+                plan = parse_plan(data, str(peer))
+                if plan is None:
+                    self.bad_announcements += 1
+                    log.debug("ignoring a malformed relay plan from %s", peer)
+                else:
+                    self._on_plan(peer, plan)
             case AudioStreamRequested(from_peer=peer, stream_id=sid):
                 self._on_request(peer, sid)
             case AudioStreamAccepted(peer_id=peer, stream_id=sid):
@@ -359,7 +371,7 @@ class Talk:
         if len(plan.tree) > 1 or any(plan.children(c) for c in plan.children(plan.talker)):
             with trio.move_on_after(CLOSE_TIMEOUT_S):
                 try:
-                    await self.handle.publish(TOPIC, encode_plan(plan))
+                    await self.handle.publish(PLAN_TOPIC, encode_plan(plan))
                 except AviP2pError as exc:
                     log.warning("relay plan not published (%s): listeners beyond %d will not hear",
                                 exc, len(plan.children(plan.talker)))
@@ -666,14 +678,6 @@ class Talk:
             return 1
 
     def _on_announcement(self, peer: PeerId, data: bytes) -> None:
-        if b'"plan"' in data[:64]:
-            plan = parse_plan(data, str(peer))
-            if plan is None:
-                self.bad_announcements += 1
-                log.debug("ignoring a malformed relay plan from %s", peer)
-            else:
-                self._on_plan(peer, plan)
-            return
         ann = parse_announcement(data)
         if ann is None:
             self.bad_announcements += 1
@@ -718,7 +722,10 @@ class Talk:
             self._closed_recent.append(sid)
 
     def _on_connected(self, peer: PeerId) -> None:
-        self._announce_wake.set()  # once, coalesced (ANNOUNCE_MIN_GAP_S)
+        if len(self.handle.connected_peers()) <= 2:
+            # Our first connections: what we published before them reached nobody. Later ones
+            # need nothing: the mesh hands our latest announcement over (retained topic).
+            self._announce_wake.set()
         ann = self._dir.get(peer)
         if self._tx and ann is not None and self.talk_config.active_group in ann.groups:
             self._open_to(peer)
@@ -807,7 +814,8 @@ class Talk:
             except AviP2pError as exc:
                 log.debug("talk announcement not published: %s", exc)
             await trio.sleep(ANNOUNCE_MIN_GAP_S)
-            with trio.move_on_after(ANNOUNCE_SLOW_S - ANNOUNCE_MIN_GAP_S):
+            interval = max(ANNOUNCE_SLOW_S, (len(self._dir) + 1) / ANNOUNCE_FLEET_RATE)
+            with trio.move_on_after(interval - ANNOUNCE_MIN_GAP_S):
                 await self._announce_wake.wait()
             self._announce_wake = trio.Event()
 
@@ -856,10 +864,11 @@ class Talk:
                 await self._close_quietly(sid)
             for sid in list(self._pending):
                 await self._reject(sid, "push-to-talk stopped")
-            try:
-                await self.handle.unsubscribe(TOPIC)
-            except AviP2pError as exc:
-                log.debug("unsubscribe %s: %s", TOPIC, exc)
+            for topic in (TOPIC, PLAN_TOPIC):
+                try:
+                    await self.handle.unsubscribe(topic)
+                except AviP2pError as exc:
+                    log.debug("unsubscribe %s: %s", topic, exc)
         for ins in self._in.values():
             ins.relay_out.clear()
         self._relay_sids.clear()

@@ -9,7 +9,7 @@ upload is ``fanout`` streams whatever the size of the group, and a relay's is th
 fanout 4, 49 listeners are at most 3 hops from the talker. A group no larger than ``fanout``
 is a star: every listener hears the talker directly.
 
-The plan travels as a signed pub/sub message on the talk topic (``encode_plan``), published
+The plan travels as a signed pub/sub message on `PLAN_TOPIC` (``encode_plan``), published
 before the talker opens its streams; a node that receives a stream from peer P and holds a
 plan in which P is its parent forwards to its own children of that plan. The order of the
 members is stable for a talker (a hash of talker and member), so repeated presses reuse the
@@ -24,8 +24,9 @@ import json
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["RelayPlan", "plan_tree", "encode_plan", "parse_plan", "RelayTable", "MAX_PLAN_BYTES"]
+__all__ = ["PLAN_TOPIC", "RelayPlan", "plan_tree", "encode_plan", "parse_plan", "RelayTable", "MAX_PLAN_BYTES"]
 
+PLAN_TOPIC = "avi/talk/plan"
 MAX_PLAN_BYTES = 60 * 1024
 _MAX_MEMBERS = 1024
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.config import StatusConfig
-from agent.status import (MAX_LISTED_PEERS, FleetView, LocalFigures, Status, StatusMessage, StatusRejected,
+from agent.status import (LISTED_PEERS_SENT, MAX_LISTED_PEERS, FleetView, LocalFigures, Status, StatusMessage, StatusRejected,
                           decode_status, encode_status, fake_devices)
 from tests.agent.test_service import AgentProc, write_config
 
@@ -166,7 +166,7 @@ def test_message_stays_small_with_many_peers() -> None:
                lambda: LocalFigures(state="degraded", peers=[PEER_B + str(i) for i in range(100)],
                                     last_error="x" * 1000))
     m = s.build()
-    assert m.peers == 100 and len(m.connected_peers) == MAX_LISTED_PEERS
+    assert m.peers == 100 and len(m.connected_peers) == LISTED_PEERS_SENT <= MAX_LISTED_PEERS
     assert len(encode_status(m)) < StatusConfig().max_message_bytes
     assert m.last_error is not None and len(m.last_error) == 300
 
@@ -274,3 +274,32 @@ def test_talk_stream_fields_round_trip_and_are_bounded() -> None:
     assert back.talk_streams == [st] and back.frames_concealed == 3 and back.stretched_ms == 41.2
     with pytest.raises(ValueError):
         StatusMessage(**base, talk_streams=[st] * (MAX_LISTED_STREAMS + 1))
+    assert busy > 0.1  # generous: a shared, noisy machine
+    assert cpu.sample() == busy  # too soon for a new window
+
+
+def test_interval_grows_with_the_fleet_and_staleness_follows_the_senders_interval() -> None:
+    from agent.status import FLEET_STATUS_RATE, STALE_INTERVALS, fleet_interval
+
+    assert fleet_interval(5.0, 0, FLEET_STATUS_RATE) == 5.0
+    assert fleet_interval(5.0, 49, 1.0) == 50.0  # 50 nodes: 1 message/s for the whole fleet
+    now = [100.0]
+    view = FleetView(stale_after_s=15.0, clock=lambda: now[0])
+    slow = StatusMessage(node="big", peer_id=PEER_B, version="1", seq=1, uptime_s=1.0, state="ok", peers=1,
+                         interval_s=50.0)
+    assert view.receive(PEER_B, encode_status(slow)) is not None
+    now[0] += 60.0  # silent for more than stale_after_s, less than 2.5 of its own intervals
+    assert view.fresh_count() == 1
+    now[0] += STALE_INTERVALS * 50.0
+    assert view.fresh_count() == 0
+
+
+def test_a_retained_copy_counts_from_when_it_was_sent_and_never_rolls_back() -> None:
+    now = [1000.0]
+    view = FleetView(stale_after_s=15.0, clock=lambda: now[0])
+    msg = StatusMessage(node="n", peer_id=PEER_B, version="1", seq=3, uptime_s=1.0, state="ok", peers=1)
+    assert view.receive(PEER_B, encode_status(msg), age_s=10.0) is not None
+    assert view.entries()[0].last_seen == 990.0
+    assert view.receive(PEER_B, encode_status(msg), age_s=20.0) is None  # older than what we have
+    now[0] += 6.0
+    assert view.fresh_count() == 0  # 16 s since it was sent
