@@ -66,6 +66,11 @@ REDIAL_MAX_S = 2.0
 # Each missing peer has its own schedule (agent/mesh/redial.py): 1 s after it left, then doubling
 # gaps up to `redial_max_s`; forgotten after `forget_after_s` of failed dials (bootstrap excepted).
 REDIAL_FIRST_S = 1.0
+# Shutdown budget (SIGTERM to exit within ~2 s in a busy fleet): telling stream peers why, then
+# closing connections. Whatever is not closed by then is closed by the process exit, and the
+# peers notice the TCP close at once.
+SHUTDOWN_SESSIONS_S = 0.5
+SHUTDOWN_HOST_S = 1.0
 DIAL_TIMEOUT_S = 5.0
 
 
@@ -232,7 +237,7 @@ class AviP2p:
             return
         if self._running:
             self._running = False
-            with trio.move_on_after(2.0):
+            with trio.move_on_after(SHUTDOWN_SESSIONS_S):
                 async with trio.open_nursery() as n:
                     for session in list(self._sessions.values()):
                         n.start_soon(session.close, "shutdown")
@@ -251,7 +256,7 @@ class AviP2p:
                     try:
                         await self._run_services(task_status)
                     finally:
-                        with trio.CancelScope(shield=True), trio.move_on_after(5.0):
+                        with trio.CancelScope(shield=True), trio.move_on_after(SHUTDOWN_HOST_S):
                             await close_host(self._host)
             except OSError as exc:
                 raise DialError(f"cannot listen on {cfg.listen_host}:{cfg.listen_port}: {exc}") from exc
@@ -273,7 +278,7 @@ class AviP2p:
             finally:
                 # Close connections while pub/sub still runs: its stream readers live in the
                 # swarm's tasks and fail (taking the swarm down) once its service has stopped.
-                with trio.CancelScope(shield=True), trio.move_on_after(5.0):
+                with trio.CancelScope(shield=True), trio.move_on_after(SHUTDOWN_HOST_S):
                     await close_host(self._host)
 
     async def _run_tasks(self, task_status: trio.TaskStatus[None]) -> None:
@@ -705,8 +710,9 @@ class AviP2p:
                 self._redial.attempted(peer, now)
                 self._dial_quietly(self._known[peer])
             short = len(self._peers) < self.config.dial_target
-            # Kademlia rounds only while short of peers: at full degree they only cost traffic.
-            if self._dht is not None and self._peers and short:
+            # Kademlia rounds only while we know too few peers to choose from: at full degree
+            # they cost traffic.
+            if self._dht is not None and self._peers and len(self._known) < self.config.dial_target:
                 await self._dht_round()
             wake = self._redial.next_at() if short else None  # the next redial that may be needed
             sleep = delay if wake is None else min(delay, max(0.05, wake - trio.current_time()))

@@ -66,6 +66,7 @@ ANNOUNCE_MIN_GAP_S = 1.0
 RELAY_PREROLL_FRAMES = 16    # frames a relay keeps for children whose stream is still opening
 HOUSEKEEPING_S = 0.25
 CLOSE_TIMEOUT_S = 2.0
+SHUTDOWN_S = 0.5             # closing our streams when push-to-talk stops (SIGTERM: exit in ~2 s)
 PREROLL_FRAMES = 16          # 320 ms of 20 ms frames kept for streams still being opened
 PLAYOUT_RESYNC_FRAMES = 4    # a playout clock this far behind restarts instead of bursting
 
@@ -854,21 +855,26 @@ class Talk:
         self._led_mine = want
 
     # --- plumbing ----------------------------------------------------------------------------
+    async def _unsubscribe_quietly(self, topic: str) -> None:
+        try:
+            await self.handle.unsubscribe(topic)
+        except AviP2pError as exc:
+            log.debug("unsubscribe %s: %s", topic, exc)
+
     def _spawn(self, fn: Callable[..., Any], *args: Any) -> None:
         if self._nursery is not None:
             self._nursery.start_soon(fn, *args)
 
     async def _shutdown(self) -> None:
-        with trio.move_on_after(CLOSE_TIMEOUT_S):
-            for sid in [e.stream_id for e in self._out.values() if e.stream_id is not None] + list(self._relay_sids):
-                await self._close_quietly(sid)
-            for sid in list(self._pending):
-                await self._reject(sid, "push-to-talk stopped")
-            for topic in (TOPIC, PLAN_TOPIC):
-                try:
-                    await self.handle.unsubscribe(topic)
-                except AviP2pError as exc:
-                    log.debug("unsubscribe %s: %s", topic, exc)
+        # Concurrently and briefly: on SIGTERM the node closes every stream right after this.
+        with trio.move_on_after(SHUTDOWN_S):
+            async with trio.open_nursery() as n:
+                for sid in [e.stream_id for e in self._out.values() if e.stream_id is not None] + list(self._relay_sids):
+                    n.start_soon(self._close_quietly, sid)
+                for sid in list(self._pending):
+                    n.start_soon(self._reject, sid, "push-to-talk stopped")
+                for topic in (TOPIC, PLAN_TOPIC):
+                    n.start_soon(self._unsubscribe_quietly, topic)
         for ins in self._in.values():
             ins.relay_out.clear()
         self._relay_sids.clear()
