@@ -52,6 +52,21 @@ that fixes one makes its test fail, and the workaround can then be deleted.
     line per message, forever. The queue covers the subscription race of a new connection,
     which lasts about a second: we keep it, shorter (`PENDING_TTL_S`, `PENDING_MAX`), trimmed
     silently.
+13. Kademlia dials every peer it queries (`DhtHost`): a lookup opens a connection to each
+    peer it asks (py-libp2p has no connection-manager hook), and its refresh at start asks up
+    to 20; with mDNS filling the peerstore, every node ended up connected to every other,
+    whatever the node's own policy (bounded degree). The DHT gets a view of the host whose
+    `new_stream` only uses existing connections: lookups go through the peers we are
+    connected to, and what they return is dialled (or not) by the node's policy.
+14. A WINDOW_UPDATE frame after every read (`quiet_yamux_window_updates`): py-libp2p's Yamux
+    releases receive window on (nearly) every read, so every
+    small message received (a gossip RPC, a 20 ms audio frame) costs one more frame sent back:
+    twice the packets and a write per read. go-yamux sends one when half the window is used;
+    so do we (`half_window_update` replaces the per-read auto-tuning).
+15. The signed peer record (213 bytes) on every pub/sub RPC (`DeliveringPubsub.write_msg`):
+    py-libp2p attaches the sender's record to each RPC, and each receiver verifies it again.
+    A peer gets it in our first RPC (the subscriptions "hello") and whenever subscriptions
+    change; RPCs carrying messages or gossip control go without it.
 """
 
 from __future__ import annotations
@@ -97,7 +112,47 @@ def secure_host(key_pair: KeyPair, *, enable_mdns: bool, max_connections: int) -
     )
     _disable_auto_connector(host)
     _reap_inbound_handlers(host)
+    quiet_yamux_window_updates()
     return host
+
+
+from libp2p.stream_muxer.yamux import yamux as _yamux_module  # noqa: E402
+
+ORIGINAL_WINDOW_UPDATE = _yamux_module.YamuxStream._auto_tune_and_send_window_update
+
+
+async def half_window_update(self, *, bytes_read: int = 0) -> None:  # type: ignore[no-untyped-def]
+    """go-yamux's rule: give the window back once half of it is used, not after every read."""
+    total = 0
+    async with self.window_lock:
+        buffered = len(self.conn.stream_buffers.get(self.stream_id, b""))
+        delta = self.target_recv_window - (self.recv_window + buffered)
+        if delta > 0 and delta >= self._grow_threshold():
+            total = self._grow_to_delta(buffered)
+            self._pending_recv_release = 0
+    if total > 0:
+        await self.send_window_update(total, skip_lock=True)
+
+
+def quiet_yamux_window_updates() -> None:
+    """Yamux window updates when half the window is used, not after every read (defect 14)."""
+    _yamux_module.YamuxStream._auto_tune_and_send_window_update = half_window_update
+
+
+class DhtHost:
+    """The host as the Kademlia DHT sees it: streams only over existing connections (defect 13)."""
+
+    def __init__(self, host: IHost) -> None:
+        self._host = host
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self._host, name)
+
+    async def new_stream(self, peer_id, protocol_ids):  # type: ignore[no-untyped-def]
+        conns = self._host.get_network().get_connections(peer_id)
+        if not any(not getattr(c, "is_closed", False) for c in conns):
+            raise ConnectionError(f"not connected to {peer_id} (the node decides whom to dial)")
+        return await self._host.new_stream(peer_id, protocol_ids)
 
 
 REAP_INTERVAL = 1.0
@@ -204,6 +259,13 @@ class DeliveringPubsub(Pubsub):
         stop = getattr(self.seen_messages, "stop", None)
         if stop is not None:
             stop()
+
+    async def write_msg(self, stream: INetStream, rpc_msg: rpc_pb2.RPC) -> bool:
+        # Our signed record goes with subscription RPCs only (defect 15). The RPC object may
+        # be shared by several peers' queues: they all had our hello already.
+        if (len(rpc_msg.publish) or rpc_msg.HasField("control")) and rpc_msg.HasField("senderRecord"):
+            rpc_msg.ClearField("senderRecord")
+        return await super().write_msg(stream, rpc_msg)
 
     def notify_subscriptions(self, publish_message: rpc_pb2.Message) -> None:
         if any(topic in self.topic_ids for topic in publish_message.topicIDs):

@@ -27,7 +27,7 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from . import audio_protocol as ap
 from .audio_session import AudioSession, Direction, StreamStats
-from .compat import (STREAM_ERRORS, DeliveringPubsub, all_loopback, check_port_free, close_host,
+from .compat import (STREAM_ERRORS, DeliveringPubsub, DhtHost, all_loopback, check_port_free, close_host,
                      enable_tcp_liveness, forget_failed_dials, gossip_router, listen_multiaddr,
                      read_some, secure_host)
 from .config import AviP2pConfig
@@ -155,7 +155,7 @@ class AviP2p:
                                all_on_loopback=all_loopback([config.listen_host]))
         self._router = router
         self._pubsub = DeliveringPubsub(self._host, router, self._deliver_message, config.max_message_size)
-        self._dht = KadDHT(self._host, DHTMode.SERVER) if config.enable_kad else None
+        self._dht = KadDHT(DhtHost(self._host), DHTMode.SERVER) if config.enable_kad else None  # type: ignore[arg-type]
         self._inbox_send, self._inbox_recv = trio.open_memory_channel[rpc_pb2.Message](
             config.event_buffer * INBOX_FACTOR)
         self._net_send, self._net_recv = trio.open_memory_channel[tuple[str, INetConn]](

@@ -392,3 +392,131 @@ async def test_defect_connections_keep_the_200_ms_minimum_rto_and_workaround_low
         assert sock.getsockopt(socket.IPPROTO_TCP, compat.TCP_RTO_MIN_US_OPT) == 200_000  # the defect
         assert compat.enable_tcp_liveness(conn)
         assert sock.getsockopt(socket.IPPROTO_TCP, compat.TCP_RTO_MIN_US_OPT) == compat.TCP_RTO_MIN_US
+
+
+# --- 13. Kademlia dials every peer it queries ----------------------------------------------------
+
+
+async def test_defect_host_new_stream_dials_a_peer_known_only_from_the_peerstore():
+    """What KadDHT's lookups call: `host.new_stream` connects to any peer with a known address
+    (mDNS fills the peerstore with the whole LAN), so lookups connect the node to everyone."""
+    a, b = secure(), secure()
+    async with running(a, b):
+        a.get_peerstore().add_addrs(b.get_id(), b.get_addrs(), 600)
+        with pytest.raises(Exception):
+            await a.new_stream(b.get_id(), ["/test/none/1.0.0"])  # b does not speak it ...
+        assert a.get_network().get_connections(b.get_id())  # ... but the connection was made
+
+
+async def test_workaround_dht_host_only_uses_existing_connections():
+    a, b = secure(), secure()
+    b.set_stream_handler("/test/echo/1.0.0", lambda s: s.close())
+    async with running(a, b):
+        a.get_peerstore().add_addrs(b.get_id(), b.get_addrs(), 600)
+        view = compat.DhtHost(a)
+        with pytest.raises(ConnectionError):
+            await view.new_stream(b.get_id(), ["/test/echo/1.0.0"])
+        assert not a.get_network().get_connections(b.get_id())
+        assert view.get_id() == a.get_id()  # everything else is the host's
+        await a.connect(info(b))
+        stream = await view.new_stream(b.get_id(), ["/test/echo/1.0.0"])
+        await stream.close()
+
+
+# --- 14. a Yamux WINDOW_UPDATE after every read ---------------------------------------------------
+
+
+@pytest.mark.parametrize("patched", [False, True])
+async def test_yamux_window_update_per_read(patched, monkeypatch):
+    """30 small messages read one by one: py-libp2p's default answers each read with a
+    WINDOW_UPDATE frame; with the workaround none is needed (far below half the window)."""
+    from libp2p.stream_muxer.yamux import yamux as ymod
+
+    a, b = secure(), secure()  # (secure_host applies the workaround: choose after it)
+    monkeypatch.setattr(ymod.YamuxStream, "_auto_tune_and_send_window_update",
+                        compat.half_window_update if patched else compat.ORIGINAL_WINDOW_UPDATE)
+    updates = []
+    original = ymod.YamuxStream.send_window_update
+
+    async def counting(self, *args, **kw):  # type: ignore[no-untyped-def]
+        updates.append(args)
+        return await original(self, *args, **kw)
+
+    monkeypatch.setattr(ymod.YamuxStream, "send_window_update", counting)
+    got = trio.Event()
+
+    async def reader(stream) -> None:  # type: ignore[no-untyped-def]
+        n = 0
+        while n < 30 * 100:
+            n += len(await stream.read(100))
+        got.set()
+
+    b.set_stream_handler("/test/small/1.0.0", reader)
+    async with running(a, b):
+        await a.connect(info(b))
+        stream = await a.new_stream(b.get_id(), ["/test/small/1.0.0"])
+        for _ in range(30):
+            await stream.write(b"x" * 100)
+            await trio.sleep(0.005)
+        with trio.fail_after(5):
+            await got.wait()
+    if patched:
+        assert len(updates) <= 2, f"{len(updates)} window updates for 30 small reads"
+    else:
+        assert len(updates) >= 25, f"only {len(updates)} window updates: defect fixed upstream?"
+
+
+# --- 15. the signed peer record on every pub/sub RPC ----------------------------------------------
+
+
+class _Capture:
+    def __init__(self) -> None:
+        self.data = b""
+
+    async def write(self, data: bytes) -> None:
+        self.data += bytes(data)
+
+
+def _rpc_with_record(**kw) -> rpc_pb2.RPC:  # type: ignore[no-untyped-def]
+    rpc = rpc_pb2.RPC(**kw)
+    rpc.senderRecord = b"r" * 213
+    return rpc
+
+
+def _written(capture: _Capture) -> rpc_pb2.RPC:
+    from libp2p.utils.varint import decode_uvarint_from_stream  # noqa: F401
+
+    data = capture.data
+    n, shift, i = 0, 0, 0
+    while True:
+        b = data[i]
+        n |= (b & 0x7F) << shift
+        i += 1
+        if not b & 0x80:
+            break
+        shift += 7
+    out = rpc_pb2.RPC()
+    out.ParseFromString(data[i:i + n])
+    return out
+
+
+async def test_signed_record_goes_with_subscriptions_only():
+    msg = rpc_pb2.Message(data=b"hi", topicIDs=["t"])
+    host = secure()
+    plain = Pubsub(host, default_router())
+    cap = _Capture()
+    await plain.write_msg(cap, _rpc_with_record(publish=[msg]))
+    assert _written(cap).HasField("senderRecord")  # the defect: 213 bytes on every message
+    plain.seen_messages.stop() if hasattr(plain.seen_messages, "stop") else None
+
+    ours = compat.DeliveringPubsub(secure(), compat.gossip_router(heartbeat=1.0, rate_limit=200,
+                                                                 all_on_loopback=True), lambda m: None, 65536)
+    try:
+        cap = _Capture()
+        await ours.write_msg(cap, _rpc_with_record(publish=[msg]))
+        assert not _written(cap).HasField("senderRecord")
+        cap = _Capture()
+        await ours.write_msg(cap, _rpc_with_record(subscriptions=[rpc_pb2.RPC.SubOpts(subscribe=True, topicid="t")]))
+        assert _written(cap).HasField("senderRecord")
+    finally:
+        ours.release()
