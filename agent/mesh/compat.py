@@ -139,11 +139,28 @@ def quiet_yamux_window_updates() -> None:
     _yamux_module.YamuxStream._auto_tune_and_send_window_update = half_window_update
 
 
+NOT_CONNECTED = "(the node decides whom to dial)"
+
+
+class _NotConnectedFilter(logging.Filter):
+    """Kademlia logs a WARNING per peer it could not ask; for peers we are not connected to
+    (by design, see DhtHost) that is no news."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return NOT_CONNECTED not in record.getMessage()
+
+
+_NOT_CONNECTED_FILTER = _NotConnectedFilter()
+
+
 class DhtHost:
     """The host as the Kademlia DHT sees it: streams only over existing connections (defect 13)."""
 
     def __init__(self, host: IHost) -> None:
         self._host = host
+        routing_log = logging.getLogger("libp2p.kad_dht.peer_routing")
+        if _NOT_CONNECTED_FILTER not in routing_log.filters:
+            routing_log.addFilter(_NOT_CONNECTED_FILTER)
 
     def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
         return getattr(self._host, name)
@@ -151,7 +168,7 @@ class DhtHost:
     async def new_stream(self, peer_id, protocol_ids):  # type: ignore[no-untyped-def]
         conns = self._host.get_network().get_connections(peer_id)
         if not any(not getattr(c, "is_closed", False) for c in conns):
-            raise ConnectionError(f"not connected to {peer_id} (the node decides whom to dial)")
+            raise ConnectionError(f"not connected to {peer_id} {NOT_CONNECTED}")
         return await self._host.new_stream(peer_id, protocol_ids)
 
 

@@ -20,7 +20,7 @@ class AviP2pConfig(BaseModel):
     # Bounded degree: the node dials peers until it has `target_peers` connections and admits
     # peers that dial it up to `max_peers` (the hard cap), not one connection per peer it knows.
     max_peers: int = Field(24, ge=1, le=1024)
-    target_peers: int = Field(8, ge=1, le=1024, description="capped at max_peers")
+    target_peers: int = Field(6, ge=1, le=1024, description="capped at max_peers")
     # Audio streams open at once, in and out: a relay of a talk holds 1 in + talk.relay_fanout out.
     max_audio_streams: int = Field(16, ge=1, le=64)
     enable_mdns: bool = True

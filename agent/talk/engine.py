@@ -59,10 +59,11 @@ ANNOUNCE_SLOW_S = 5.0
 # Announcements per second the whole fleet sends at most: a node's interval grows with the
 # number of nodes it knows (ANNOUNCE_SLOW_S at least), so idle traffic stays flat as the fleet
 # grows. Newcomers get everyone's latest announcement from their neighbours (retained topic).
-ANNOUNCE_FLEET_RATE = 1.0
+ANNOUNCE_FLEET_RATE = 0.5
 # After a peer connects, one extra announcement (coalesced: at most one per this many seconds),
 # not a burst: with N nodes starting, bursts made an announcement storm of N^2 messages.
 ANNOUNCE_MIN_GAP_S = 1.0
+GROUPS_LOGGED = 8            # "is in talk groups" lines at INFO for new peers, then DEBUG
 RELAY_PREROLL_FRAMES = 16    # frames a relay keeps for children whose stream is still opening
 HOUSEKEEPING_S = 0.25
 CLOSE_TIMEOUT_S = 2.0
@@ -202,6 +203,7 @@ class Talk:
         self._plan_seq = 0
         self._relay_sids: dict[StreamId, StreamId] = {}  # our relay stream -> the incoming one
         self.frames_relayed = 0
+        self._groups_logged = 0
         self.relay_failures = 0
         self._led_mine: str | None = None
         self._led_saved: Any = None
@@ -576,7 +578,10 @@ class Talk:
         plan = ins.plan
         if plan is None:
             return
-        for child in plan.children(self._relays.me):
+        children = plan.children(self._relays.me)
+        if children:
+            log.info("relaying %s's talk to %d member(s)", plan.talker, len(children), extra={"peer": plan.talker})
+        for child in children:
             self._relay_to(ins, PeerId(child))
 
     def _relay_to(self, ins: _In, child: PeerId) -> None:
@@ -640,11 +645,13 @@ class Talk:
             if p == parent:
                 del self._pending[sid]
                 self._decide(PeerId(p), sid)
-        # A stream from our parent accepted before the plan arrived: start relaying now.
+        # A stream from our parent taken before the plan arrived: relay it from now on (at
+        # once if already accepted, else when the accept completes).
         for ins in self._in.values():
-            if ins.peer == parent and ins.accepted and ins.plan is None and not ins.playout.closed:
+            if ins.peer == parent and ins.plan is None and not ins.playout.closed:
                 ins.plan = plan
-                self._start_relay(ins)
+                if ins.accepted:
+                    self._start_relay(ins)
 
     async def _reject(self, sid: StreamId, reason: str) -> None:
         try:
@@ -686,8 +693,11 @@ class Talk:
             return
         prev = self._dir.update(peer, ann)
         if prev != ann:
-            log.info("%s (%s) is in talk groups %s, talking to %s", peer, ann.name, ",".join(ann.groups),
-                     ann.current, extra={"peer": peer})
+            # The first few at INFO; in a big fleet the rest at DEBUG (49 lines per node otherwise).
+            self._groups_logged += 1
+            level = logging.INFO if self._groups_logged <= GROUPS_LOGGED or prev is not None else logging.DEBUG
+            log.log(level, "%s (%s) is in talk groups %s, talking to %s", peer, ann.name, ",".join(ann.groups),
+                    ann.current, extra={"peer": peer})
         for sid, (p, _) in list(self._pending.items()):
             if p == peer:
                 del self._pending[sid]
