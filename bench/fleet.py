@@ -16,6 +16,7 @@ every namespace and process it made, also on Ctrl-C. Needs root (namespaces).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -25,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.netrig.fleet import FleetResult, Schedule, run_fleet  # noqa: E402
 
 # The settings of the full mesh this replaced (a baseline in the same run, at a small N).
-BASELINE = {"mesh": {"max_peers": 32, "target_peers": 32}, "talk": {"max_streams": 64, "relay_fanout": 64}}
+BASELINE = {"mesh": {"max_peers": 32, "target_peers": 32}, "talk": {"relay_fanout": 32}}
 
 
 def table(rows: list[tuple[str, FleetResult]]) -> str:
@@ -42,6 +43,9 @@ def main() -> int:
     ap.add_argument("--sizes", default="10,25,50", help="comma-separated fleet sizes")
     ap.add_argument("--baseline", action="store_true", help="also run the smallest N with full-mesh settings")
     ap.add_argument("--out", type=Path, default=None, help="keep logs/WAVs here (default: a temp dir)")
+    ap.add_argument("--variant", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                    help="also run each N with these settings changed (JSON values), e.g. mesh.gossip_heartbeat=3")
+    ap.add_argument("--no-defaults", action="store_true", help="run the variant only")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
     rows: list[tuple[str, FleetResult]] = []
@@ -50,7 +54,16 @@ def main() -> int:
         runs: list[tuple[str, int, dict | None]] = []
         if args.baseline:
             runs.append(("baseline", min(sizes), BASELINE))
-        runs += [("defaults", n, None) for n in sizes]
+        variant: dict[str, dict[str, object]] = {}
+        for item in args.variant:
+            key, value = item.split("=", 1)
+            section, fld = key.rsplit(".", 1)
+            variant.setdefault(section, {})[fld] = json.loads(value)
+        for n in sizes:
+            if not args.no_defaults:
+                runs.append(("defaults", n, None))
+            if variant:
+                runs.append(("variant", n, variant))
         for name, n, extra in runs:
             res = run_fleet(n, out / f"{name}-{n}", schedule=Schedule(), extra=extra,
                             log=lambda s: print(s, file=sys.stderr, flush=True))

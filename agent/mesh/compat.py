@@ -67,6 +67,11 @@ that fixes one makes its test fail, and the workaround can then be deleted.
     py-libp2p attaches the sender's record to each RPC, and each receiver verifies it again.
     A peer gets it in our first RPC (the subscriptions "hello") and whenever subscriptions
     change; RPCs carrying messages or gossip control go without it.
+16. A node's own messages go to its topic mesh only (`_QuietGossipSub._get_peers_to_send`):
+    a node that just connected has an empty mesh until the next heartbeat grafts, so what it
+    publishes meanwhile (its first status, its talk groups) reaches nobody. go-libp2p floods
+    a node's own messages to every peer in the topic ("flood publish"); so do we, for our own
+    messages only (forwarded ones still go to the mesh).
 """
 
 from __future__ import annotations
@@ -225,6 +230,16 @@ class _QuietGossipSub(GossipSub):
             self.pending_trimmed += len(queue) - self._max_pending_messages_per_peer
             del queue[: len(queue) - self._max_pending_messages_per_peer]
         super()._prune_pending_messages(peer_id)
+
+    def _get_peers_to_send(self, topic_ids, msg_forwarder, origin, msg_id=None):  # type: ignore[no-untyped-def]
+        topic_ids = list(topic_ids)
+        peers = set(super()._get_peers_to_send(topic_ids, msg_forwarder, origin, msg_id))
+        pubsub = self.pubsub
+        if pubsub is not None and origin == pubsub.my_id:  # flood publish our own (defect 16)
+            for topic in topic_ids:
+                peers.update(p for p in pubsub.peer_topics.get(topic, ()) if p in pubsub.peers)
+            peers.discard(origin)
+        return peers
 
 
 def gossip_router(*, heartbeat: float, rate_limit: int, all_on_loopback: bool) -> GossipSub:

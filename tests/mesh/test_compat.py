@@ -520,3 +520,27 @@ async def test_signed_record_goes_with_subscriptions_only():
         assert _written(cap).HasField("senderRecord")
     finally:
         ours.release()
+
+
+# --- 16. own messages only to the (empty at first) mesh ------------------------------------------
+
+
+def _router_with_peers(router: GossipSub, me: ID, others: list[ID]) -> None:
+    class _P:  # the parts of Pubsub that _get_peers_to_send reads
+        my_id = me
+        peer_topics = {"t": set(others)}
+        peers = {p: object() for p in others}
+
+    router.pubsub = _P()  # type: ignore[assignment]
+    router.mesh["t"] = set()  # subscribed, but no heartbeat has grafted anyone yet
+
+
+def test_own_message_with_an_empty_mesh_reaches_nobody_unless_flooded():
+    me, a, b = (ID(bytes([0, 36]) + bytes([i]) * 36) for i in (1, 2, 3))
+    plain = default_router()
+    _router_with_peers(plain, me, [a, b])
+    assert set(plain._get_peers_to_send(["t"], me, me)) == set()  # the defect
+    ours = compat.gossip_router(heartbeat=1.0, rate_limit=200, all_on_loopback=True)
+    _router_with_peers(ours, me, [a, b])
+    assert set(ours._get_peers_to_send(["t"], me, me)) == {a, b}
+    assert set(ours._get_peers_to_send(["t"], a, a)) == set()  # forwarded: still mesh only
