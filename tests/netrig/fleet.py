@@ -175,7 +175,7 @@ def _pct(values: list[float], p: float) -> float | None:
 class FleetResult:
     n: int
     full_view_s: float | None            # after the last start
-    views: list[int]                     # each node's fleet size at the end of the wait
+    views: list[int]                     # each node's fleet size at the end of the run
     connections: list[int]
     idle_cpu_pct: list[float]
     rss_mb: list[float]
@@ -298,19 +298,27 @@ def run_fleet(n: int, out: Path, *, schedule: Schedule | None = None,
                     if nd is not None:
                         nd.status = st
 
+        # A node's view is complete from the first status in which it reports all others
+        # (its status goes out as soon as the count changes, coalesced); the fleet's view is
+        # complete when every node's has been. (Monitor lines are read as they come, so a
+        # node's time is when its message arrived, a little after its view completed.)
         full_at = None
+        complete: dict[str, float] = {}
         while time.monotonic() - t_last < sch.converge_s:
             read_monitor()
             for nd in nodes:
                 assert nd.proc is not None
                 if nd.proc.poll() is not None:
                     raise RuntimeError(f"{nd.name} exited {nd.proc.returncode}:\n{nd.log.read_text()[-2000:]}")
-            if all(nd.status.get("fleet", 0) >= n - 1 for nd in nodes):
-                full_at = time.monotonic() - t_last
+                if nd.name not in complete and nd.status.get("fleet", 0) >= n - 1:
+                    complete[nd.name] = time.monotonic() - t_last
+            if len(complete) == n:
+                full_at = max(complete.values())
                 break
             time.sleep(0.2)
         views = [int(nd.status.get("fleet", 0)) for nd in nodes]
-        log(f"N={n}: full view {'never' if full_at is None else f'after {full_at:.1f} s'}; views {sorted(views)}")
+        log(f"N={n}: full view {'never' if full_at is None else f'after {full_at:.1f} s'}; "
+            f"views now {sorted(views)}; {len(complete)} nodes have had a complete view")
 
         # Idle window.
         idle_from = time.monotonic()
@@ -349,6 +357,7 @@ def run_fleet(n: int, out: Path, *, schedule: Schedule | None = None,
         fleet_up = sum(t_bytes1[p][0] - t_bytes0[p][0] for p in ports) / talk_dt - sum(idle_out)
         time.sleep(sch.tail_s)
         read_monitor()
+        final_views = [int(nd.status.get("fleet", 0)) for nd in nodes]
 
         # SIGTERM to everyone at once (a busy fleet: all stop together).
         t_term = time.monotonic()
@@ -368,7 +377,7 @@ def run_fleet(n: int, out: Path, *, schedule: Schedule | None = None,
     listeners = [nd for nd in nodes if nd is not talker]
     heard_all = [analyse(nd.wav) for nd in listeners]
     result = FleetResult(
-        n=n, full_view_s=full_at, views=views, connections=conns, idle_cpu_pct=idle_cpu, rss_mb=rss,
+        n=n, full_view_s=full_at, views=final_views, connections=conns, idle_cpu_pct=idle_cpu, rss_mb=rss,
         idle_out_bps=idle_out, idle_in_bps=idle_in, log_lines_per_min=log_rate,
         heard=[h.heard(sch.talk_s) for h in heard_all],
         frames_received=[int(nd.status.get("frames_received", 0)) for nd in listeners],
