@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.config import StatusConfig
-from agent.status import (LISTED_PEERS_SENT, MAX_LISTED_PEERS, FleetView, LocalFigures, Status, StatusMessage, StatusRejected,
+from agent.status import (LISTED_PEERS_SENT, MAX_LISTED_PEERS, FleetView, LocalFigures, Status, StatusMessage,
+                          StatusRejected,
                           decode_status, encode_status, fake_devices)
 from tests.agent.test_service import AgentProc, write_config
 
@@ -274,8 +275,6 @@ def test_talk_stream_fields_round_trip_and_are_bounded() -> None:
     assert back.talk_streams == [st] and back.frames_concealed == 3 and back.stretched_ms == 41.2
     with pytest.raises(ValueError):
         StatusMessage(**base, talk_streams=[st] * (MAX_LISTED_STREAMS + 1))
-    assert busy > 0.1  # generous: a shared, noisy machine
-    assert cpu.sample() == busy  # too soon for a new window
 
 
 def test_interval_grows_with_the_fleet_and_staleness_follows_the_senders_interval() -> None:
