@@ -17,7 +17,8 @@ that fixes one makes its test fail, and the workaround can then be deleted.
    it, and its socket waits for the garbage collector. We close those sockets ourselves.
 5. Per-peer outbound queue of 32 RPCs that drops the rest (`_RoomyQueues`): a burst of 100
    published at once loses two thirds before it leaves. We give each peer's queue
-   `OUTBOUND_QUEUE` slots (still bounded).
+   `OUTBOUND_QUEUE` slots (still bounded). What a full queue still refuses py-libp2p drops
+   with a debug log only; we count the messages in it (`DeliveringPubsub.unsent`).
 6. The swarm's auto-connector cannot be turned off (`_disable_auto_connector`): it dials peers
    from the peerstore towards the midpoint of its watermarks, including peers we refused
    (allow list, max_peers), and a zero high watermark would instead prune every connection.
@@ -266,12 +267,28 @@ OUTBOUND_QUEUE = 1024
 
 
 class _RoomyQueues(dict):  # type: ignore[type-arg]
-    """`Pubsub.peer_queues`, enlarging each per-peer RpcQueue as py-libp2p inserts it."""
+    """`Pubsub.peer_queues`, enlarging each per-peer RpcQueue as py-libp2p inserts it, and
+    reporting the pub/sub messages in each RPC a full queue refuses to `on_refused` (py-libp2p
+    drops them with a debug log only). A closed queue (the peer left) is not counted."""
+
+    def __init__(self, on_refused: Callable[[int], None] | None = None) -> None:
+        super().__init__()
+        self._on_refused = on_refused
 
     def __setitem__(self, peer, queue) -> None:  # type: ignore[no-untyped-def]
         inner = getattr(queue, "_queue", None)
         if inner is not None and getattr(inner, "max_size", OUTBOUND_QUEUE) < OUTBOUND_QUEUE:
             inner.max_size = OUTBOUND_QUEUE
+        push = getattr(queue, "push", None)
+        on_refused = self._on_refused
+        if push is not None and on_refused is not None:
+            def counting_push(rpc: rpc_pb2.RPC, priority: bool = False) -> bool:
+                ok = push(rpc, priority)
+                if not ok and len(rpc.publish) and not getattr(queue, "closed", False):
+                    on_refused(len(rpc.publish))
+                return ok
+
+            queue.push = counting_push
         super().__setitem__(peer, queue)
 
 
@@ -284,7 +301,14 @@ class DeliveringPubsub(Pubsub):
                  max_message_size: int) -> None:
         super().__init__(host, router, strict_signing=True, max_inbound_rpc_size=max_message_size + 4096)
         self._deliver = deliver
-        self.peer_queues = _RoomyQueues()
+        self.unsent = 0  # messages an outbound queue refused (see _RoomyQueues)
+        self.peer_queues = _RoomyQueues(self._count_unsent)
+
+    def _count_unsent(self, messages: int) -> None:
+        self.unsent += messages
+        if self.unsent == messages or self.unsent // 1000 != (self.unsent - messages) // 1000:
+            log.warning("pub/sub: %d messages not sent so far: a peer's outbound queue (%d RPCs) "
+                        "was full", self.unsent, OUTBOUND_QUEUE)
 
     def release(self) -> None:
         """Stop the seen-messages sweeper thread (py-libp2p never does)."""

@@ -89,6 +89,7 @@ class NodeStats:
     connections_refused: int
     streams: tuple[StreamStats, ...]
     peers_forgotten: int = 0  # departed peers given up on after `forget_after_s`
+    messages_unsent: int = 0  # published or forwarded, but refused by a peer's full outbound queue
 
 
 class _NetworkEvents(INotifee):
@@ -871,6 +872,7 @@ class AviP2p:
             connections_refused=self._refused,
             streams=sessions,
             peers_forgotten=self._redial.forgotten,
+            messages_unsent=self._pubsub.unsent,
         )
 
 

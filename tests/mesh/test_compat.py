@@ -238,6 +238,39 @@ def test_workaround_roomy_queues_enlarge_each_peer_queue():
     assert big._queue.max_size == compat.OUTBOUND_QUEUE * 2  # never shrinks one
 
 
+def test_defect_a_full_outbound_queue_drops_messages_uncounted(caplog: pytest.LogCaptureFixture):
+    """GossipSub hands an RPC to a full queue, which refuses it; py-libp2p only logs it (debug)."""
+    router = GossipSub([GOSSIPSUB_PROTOCOL_ID], degree=1, degree_low=1, degree_high=2)
+    pubsub = Pubsub(new_host(key_pair=create_new_key_pair()), router)
+    try:
+        pubsub.peer_queues["peer"] = RpcQueue(max_size=1)
+        one = rpc_pb2.RPC(publish=[rpc_pb2.Message(data=b"x", topicIDs=["t"])])
+        with caplog.at_level("DEBUG", logger="libp2p.pubsub"):
+            router.send_rpc("peer", one)
+            router.send_rpc("peer", one)  # refused
+        assert len(pubsub.peer_queues["peer"]) == 1
+        drops = [r for r in caplog.records if "Dropping outbound RPC" in r.getMessage()]
+        assert [r.levelname for r in drops] == ["DEBUG"]  # the only trace of it
+        assert not [k for o in (pubsub, router) for k, v in vars(o).items()
+                    if "drop" in k.lower() and isinstance(v, int)], "py-libp2p counts drops now"
+    finally:
+        pubsub.seen_messages.stop()
+
+
+def test_workaround_a_full_outbound_queue_counts_what_it_refuses():
+    counted: list[int] = []
+    queues = compat._RoomyQueues(counted.append)
+    queues["peer"] = RpcQueue(max_size=compat.OUTBOUND_QUEUE)
+    rpc = rpc_pb2.RPC(publish=[rpc_pb2.Message(data=b"x", topicIDs=["t"])] * 3)
+    assert sum(queues["peer"].push(rpc) for _ in range(compat.OUTBOUND_QUEUE + 2)) == compat.OUTBOUND_QUEUE
+    assert counted == [3, 3]  # two RPCs refused, three messages each
+    queues["peer"].push(rpc_pb2.RPC())  # a refused control-only RPC carries no message
+    assert counted == [3, 3]
+    queues["peer"].close()
+    queues["peer"].push(rpc)  # a closed queue: the peer left, nothing to count
+    assert counted == [3, 3]
+
+
 # --- 6. auto-connector cannot be turned off ---------------------------------------------------
 
 

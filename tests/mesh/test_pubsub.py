@@ -55,6 +55,7 @@ async def test_five_node_line_reaches_two_hops_and_a_burst_arrives_whole():
                                    count=100, timeout=20)
             assert sorted(m.data for m in got) == [b"burst %03d" % i for i in range(100)]
         assert all(n.node.stats().messages_dropped == 0 for n in ns)
+        assert all(n.node.stats().messages_unsent == 0 for n in ns)
 
 
 async def test_unsubscribe_stops_delivery():
