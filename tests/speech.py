@@ -294,6 +294,10 @@ def run_speech(rig: object, speech: Path, link: Link, workdir: Path, *, talk: di
     from tests.test_netns_mesh import last_status
 
     status = last_status(monitor_out)
+    sent = int(status.get("a", {}).get("frames_sent", 0) or 0)  # type: ignore[call-overload]
+    if error is None and sent < 0.9 * clip_s * 50:
+        error = (f"the talker sent {sent} frames for {clip_s * 50:.0f} of speech: it was not talking "
+                 f"through the speech (an agent not ready at the press? load {os.getloadavg()[0]:.1f})")
     sc = None
     if error is None:
         try:
