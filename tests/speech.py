@@ -185,6 +185,23 @@ def _dev_bytes(host: object) -> tuple[int, int]:
     raise RuntimeError("no eth0 in the namespace")
 
 
+def _stream_open_s(log: Path) -> float | None:
+    """Seconds from the press to the listener accepting the stream, from the talker's log."""
+    from datetime import datetime
+
+    pressed = accepted = None
+    for line in log.read_text(errors="replace").splitlines():
+        stamp = line[:23]
+        if pressed is None and "talk: talking to group" in line:
+            pressed = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f")
+        elif pressed is not None and "accepted our stream" in line:
+            accepted = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f")
+            break
+    if pressed is None or accepted is None:
+        return None
+    return round((accepted - pressed).total_seconds(), 2)
+
+
 def run_speech(rig: object, speech: Path, link: Link, workdir: Path, *, talk: dict[str, object] | None = None,
                python: str | None = None) -> RunResult:
     """One talk of ``speech`` from agent a (rig host 0) to agent b (host 1) over ``link``;
@@ -200,6 +217,7 @@ def run_speech(rig: object, speech: Path, link: Link, workdir: Path, *, talk: di
     from agent.simulate import SimNode, start, stop
 
     python = python or sys.executable
+    workdir.mkdir(parents=True, exist_ok=True)
     ha, hb = rig[0], rig[1]  # type: ignore[index]
     ref = read_wav(speech)
     clip_s = len(ref) / RATE
@@ -295,9 +313,11 @@ def run_speech(rig: object, speech: Path, link: Link, workdir: Path, *, talk: di
 
     status = last_status(monitor_out)
     sent = int(status.get("a", {}).get("frames_sent", 0) or 0)  # type: ignore[call-overload]
-    if error is None and sent < 0.9 * clip_s * 50:
-        error = (f"the talker sent {sent} frames for {clip_s * 50:.0f} of speech: it was not talking "
-                 f"through the speech (an agent not ready at the press? load {os.getloadavg()[0]:.1f})")
+    opened = _stream_open_s(a.log)
+    if error is None and (sent < 0.9 * clip_s * 50 or opened is None or opened > LEAD_S):
+        error = (f"the talker sent {sent} frames for {clip_s * 50:.0f} of speech, its stream was open "
+                 f"{opened} s after the press: it was not talking through the speech (agents slow to "
+                 f"start or to learn each other's groups; load {os.getloadavg()[0]:.1f})")
     sc = None
     if error is None:
         try:
