@@ -5,8 +5,11 @@ talker's microphone plays four Harvard sentences spoken by espeak-ng (16 kHz), i
 held for the whole speech; the listener records what it plays. Per link condition and run: the
 listener's recording scored against the speech with PESQ wideband (ITU-T P.862.2) and STOI,
 frames concealed and mouth-to-ear p50/p95/p99 (the listener's status, read by `avi-agent
-monitor`), and bytes per second on the wire for the stream (the talker's eth0 during the speech,
-minus the idle rate of the quieter of two windows, before the press and after the release; "back" is the listener's ACKs).
+monitor`), and bytes per second on the wire for the stream: the talker's TCP connection with the
+listener (`ss`: payload bytes including retransmissions, plus 66 B of Ethernet/IP/TCP headers
+per segment) during the speech, minus its idle rate (the quieter of a window before the press
+and one after the release: status and announcements ride the same connection); "back" is the
+listener's side (ACKs).
 
 Conditions: clean; 2, 5, 10, 20 % random loss on the listener's link, both directions
 (nftables); 30 ± 10 and 50 ± 40 ms delay jitter each direction (the rig's TCP relay, which the
@@ -172,7 +175,8 @@ def main() -> int:
                       if s else f"no score ({res.error})") +
                       f", concealed {res.status.get('frames_concealed')}, stretched {res.status.get('stretched_ms')} ms, "
                       f"p50/p95/p99 {res.status.get('latency_p50_ms')}/{res.status.get('latency_p95_ms')}/"
-                      f"{res.status.get('latency_p99_ms')} ms, {res.tx_bytes_per_s:.0f} B/s, "
+                      f"{res.status.get('latency_p99_ms')} ms, {res.tx_bytes_per_s:.0f} B/s in "
+                      f"{res.tx_segments_per_s:.1f} data segments/s, "
                       f"load {res.load[0]:.1f}", flush=True)
             text, summaries[link.name] = row(link, results)
             table.append(text)

@@ -158,6 +158,7 @@ class RunResult:
     talker_status: dict[str, object]
     tx_bytes_per_s: float       # talker -> listener on the wire during the talk, idle rate taken off
     rx_bytes_per_s: float       # listener -> talker (ACKs) during the talk, idle rate taken off
+    tx_segments_per_s: float    # TCP segments with data talker -> listener, idle rate taken off
     load: tuple[float, float, float]
     wav: Path
     error: str | None = None
@@ -175,14 +176,23 @@ def _toml(tables: dict[str, dict[str, object]], presses: list[tuple[float, float
     return "\n".join(lines) + "\n"
 
 
-def _dev_bytes(host: object) -> tuple[int, int]:
-    """(rx, tx) bytes of eth0 in the host's namespace."""
-    out = host.run(["cat", "/proc/net/dev"]).stdout  # type: ignore[attr-defined]
+WIRE_OVERHEAD = 66  # bytes per segment below TCP's payload: Ethernet 14 + IPv4 20 + TCP 20 + timestamps 12
+
+
+def _dev_bytes(host: object, peer_ip: str) -> tuple[int, int, int]:
+    """(rx, tx, tx segments) bytes on the wire of the host's TCP connections with ``peer_ip`` (``ss``: payload
+    bytes, retransmissions included, plus the headers of every segment). Only the talker's
+    connection with the listener: other traffic of the namespace (the monitor) is left out."""
+    out = host.run(["ss", "-tinH", "state", "established", "dst", peer_ip]).stdout  # type: ignore[attr-defined]
+    rx = tx = segs = 0
     for line in out.splitlines():
-        if line.strip().startswith("eth0:"):
-            f = line.split(":", 1)[1].split()
-            return int(f[0]), int(f[8])
-    raise RuntimeError("no eth0 in the namespace")
+        fields = dict(f.split(":", 1) for f in line.split() if ":" in f and f.split(":", 1)[0] in
+                      ("bytes_sent", "bytes_received", "segs_out", "segs_in", "data_segs_out"))
+        if "segs_out" in fields:
+            tx += int(fields.get("bytes_sent", 0)) + int(fields["segs_out"]) * WIRE_OVERHEAD
+            rx += int(fields.get("bytes_received", 0)) + int(fields.get("segs_in", 0)) * WIRE_OVERHEAD
+            segs += int(fields.get("data_segs_out", 0))
+    return rx, tx, segs
 
 
 def _stream_open_s(log: Path) -> float | None:
@@ -263,7 +273,7 @@ def run_speech(rig: object, speech: Path, link: Link, workdir: Path, *, talk: di
     if link.loss_percent:
         hb.set_loss(link.loss_percent)
     repo = Path(__file__).resolve().parent.parent
-    tx = rx = 0.0
+    tx = rx = segs = 0.0
     try:
         start(a, ha.exec)
         start(b, hb.exec)
@@ -277,20 +287,22 @@ def run_speech(rig: object, speech: Path, link: Link, workdir: Path, *, talk: di
         def sleep_until(t: float) -> None:
             time.sleep(max(0.0, t0 + t - time.monotonic()))
         sleep_until(PRESS_AT_S - 2.5)
-        b0, tb0 = _dev_bytes(ha), time.monotonic()
+        b0, tb0 = _dev_bytes(ha, hb.ip), time.monotonic()
         sleep_until(PRESS_AT_S - 0.2)
-        b1, tb1 = _dev_bytes(ha), time.monotonic()
+        b1, tb1 = _dev_bytes(ha, hb.ip), time.monotonic()
         sleep_until(PRESS_AT_S + LEAD_S)
-        s0, ts0 = _dev_bytes(ha), time.monotonic()
+        s0, ts0 = _dev_bytes(ha, hb.ip), time.monotonic()
         sleep_until(PRESS_AT_S + LEAD_S + clip_s - 0.5)
-        s1, ts1 = _dev_bytes(ha), time.monotonic()
+        s1, ts1 = _dev_bytes(ha, hb.ip), time.monotonic()
         sleep_until(PRESS_AT_S + hold_s + 0.5)
-        i0, ti0 = _dev_bytes(ha), time.monotonic()
+        i0, ti0 = _dev_bytes(ha, hb.ip), time.monotonic()
         sleep_until(PRESS_AT_S + hold_s + TAIL_S - 0.2)
-        i1, ti1 = _dev_bytes(ha), time.monotonic()
+        i1, ti1 = _dev_bytes(ha, hb.ip), time.monotonic()
         # the quieter of the windows before the press and after the release (start-up traffic
         # or a stream's tail in the other would make the stream look cheaper than it is)
-        idle_rx, idle_tx = (min((i1[k] - i0[k]) / (ti1 - ti0), (b1[k] - b0[k]) / (tb1 - tb0)) for k in (0, 1))
+        idle_rx, idle_tx, idle_segs = (min((i1[k] - i0[k]) / (ti1 - ti0), (b1[k] - b0[k]) / (tb1 - tb0))
+                                       for k in (0, 1, 2))
+        segs = (s1[2] - s0[2]) / (ts1 - ts0) - idle_segs
         rx = (s1[0] - s0[0]) / (ts1 - ts0) - idle_rx
         tx = (s1[1] - s0[1]) / (ts1 - ts0) - idle_tx
         while time.monotonic() - t0 < watch_s + 20 and monitor.poll() is None:
@@ -324,5 +336,5 @@ def run_speech(rig: object, speech: Path, link: Link, workdir: Path, *, talk: di
             sc = score(ref, read_wav(b.wav))
         except Exception as exc:
             error = f"scoring: {type(exc).__name__}: {exc}"
-    return RunResult(link.name, sc, status.get("b", {}), status.get("a", {}), tx, rx, os.getloadavg(), b.wav,
-                     error)
+    return RunResult(link.name, sc, status.get("b", {}), status.get("a", {}), tx, rx, segs, os.getloadavg(),
+                     b.wav, error)
