@@ -621,7 +621,7 @@ class AviP2p:
             if peer not in self._peers:
                 now = trio.current_time()
                 self._redial.missing(peer, now)  # new: due at once; already missing: keeps its back-off
-                if peer in self._redial.due(now) and dial_budget(len(self._peers), len(self._dialing),
+                if peer in self._redial.due(now) and dial_budget(len(self._peers) + len(self._admitting), len(self._dialing),
                                                                  self.config.dial_target) > 0:
                     self._redial.attempted(peer, now)
                     self._dial_quietly(info)
@@ -672,6 +672,10 @@ class AviP2p:
             with trio.move_on_after(min(self.config.request_timeout, DIAL_TIMEOUT_S)):
                 forget_failed_dials(self._host, info.peer_id)
                 await self._host.connect(info)
+                # Still "dialling" until admitted (or gone): the dial budget must not see a gap
+                # between the connection and its admission.
+                while peer not in self._peers and self._host.get_network().get_connections(info.peer_id):
+                    await trio.sleep(0.05)
         except Exception as exc:
             log.debug("dial %s failed: %s", peer, exc)
         finally:
@@ -706,7 +710,10 @@ class AviP2p:
             # Candidates: missing peers whose redial time has come (each backs off on its own).
             candidates = [p for p in self._redial.due(now) if p in self._known
                           and (p not in self._refused_by or self._refused_by[p][0] <= now)]
-            for peer in choose_dials(candidates, self._peers, self._dialing, self.config.dial_target,
+            # Connections still being admitted count: under load admission takes seconds, and
+            # counting only admitted peers dialled far past the target.
+            for peer in choose_dials(candidates, self._peers.keys() | self._admitting, self._dialing,
+                                     self.config.dial_target,
                                      self._rng, always=boot):
                 self._redial.attempted(peer, now)
                 self._dial_quietly(self._known[peer])
