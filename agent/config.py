@@ -35,6 +35,9 @@ __all__ = [
     "TalkConfig",
     "StatusConfig",
     "LoggingConfig",
+    "MetricsConfig",
+    "DEFAULT_METRICS_LISTEN",
+    "parse_host_port",
     "AgentConfig",
     "load_config",
     "env_overrides",
@@ -147,6 +150,46 @@ class LoggingConfig(_Section):
         return v.upper() if isinstance(v, str) else v
 
 
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"
+
+
+def parse_host_port(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """``HOST:PORT``, ``[V6]:PORT``, ``:PORT`` or ``PORT`` -> (host, port); ValueError saying why."""
+    text = text.strip()
+    host, sep, port_s = text.rpartition(":")
+    if not sep:
+        host, port_s = "", text
+    host = host.strip("[]") or default_host
+    try:
+        port = int(port_s)
+    except ValueError:
+        raise ValueError(f"{text!r} is not HOST:PORT (the port {port_s!r} is not a number)") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{text!r}: port {port} is outside 0-65535")
+    if not re.fullmatch(r"[A-Za-z0-9.:_-]+", host):
+        raise ValueError(f"{text!r}: {host!r} is not a host name or address")
+    return host, port
+
+
+class MetricsConfig(_Section):
+    """The node's Prometheus endpoint (``/metrics``) and ``/status`` for ``avi-agent status``."""
+
+    listen: str = Field(DEFAULT_METRICS_LISTEN, max_length=300,
+                        description='HOST:PORT to serve /metrics on; "" = off. Localhost by default: '
+                                    'use 0.0.0.0:9464 for a Prometheus server elsewhere')
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, v: str) -> str:
+        if v.strip():
+            parse_host_port(v)
+        return v.strip()
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        return parse_host_port(self.listen) if self.listen else None
+
+
 class AgentConfig(BaseModel):
     """Everything ``avi-agent run`` needs. ``mesh.node_name`` follows ``node.name``."""
 
@@ -159,6 +202,7 @@ class AgentConfig(BaseModel):
     talk: TalkConfig = Field(default_factory=TalkConfig)
     status: StatusConfig = Field(default_factory=StatusConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "AgentConfig":

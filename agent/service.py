@@ -13,6 +13,7 @@ Lifecycle (``avi-agent run``)::
     watchdog ────── WATCHDOG=1 from the loop itself
     status line ─── STATUS=... whenever the readable summary changes; LED error pattern on faults
     signals ─────── SIGTERM/SIGINT: STOPPING=1 and a clean exit; SIGHUP: reload
+    metrics ─────── GET /metrics (Prometheus) and /status (JSON) on metrics.listen
 
 A device or network fault is logged, shown in STATUS= (``degraded: ...``), in the status message
 and on the LED (when the LED itself works), and retried; READY=1 does not wait for a missing
@@ -36,7 +37,9 @@ from typing import Any, Protocol
 
 import trio
 
-from agent.config import AgentConfig, ConfigError, EX_CONFIG, load_config
+from agent import __version__
+from agent import identify as ident
+from agent.config import DEFAULT_METRICS_LISTEN, AgentConfig, ConfigError, EX_CONFIG, load_config
 from agent.health import ProcessCpu, load_average, soc_temperature
 from agent.logs import adopt_libp2p_logging, current_summarizer, setup_logging
 from agent.mesh.errors import AviP2pError, DialError
@@ -60,7 +63,8 @@ DEVICE_AREAS = {"audio": "no sound card", "gpio": "no GPIO"}
 TALK_RETRY_S = 2.0
 # Settings SIGHUP applies live; everything else is reported as needing a restart.
 RELOADABLE = ("logging.", "status.interval_s", "status.stale_after_s", "status.max_message_bytes",
-              "status.max_nodes")
+              "status.max_nodes", "audio.capture_gain_db", "audio.playback_gain_db")
+METRICS_RETRY_S = 30.0
 
 
 class TalkStats(Protocol):
@@ -204,6 +208,8 @@ class Service:
         self._led_pattern: str | None = None
         self._exit_code = EX_OK
         self._root: trio.Nursery | None = None
+        self.identify_policy = ident.IdentifyPolicy(config.mesh.allowed_peers)
+        self.metrics_address: tuple[str, int] | None = None
 
     # --- entry point --------------------------------------------------------------------------
     async def run(self) -> int:
@@ -226,6 +232,7 @@ class Service:
                 nursery.start_soon(self._device_group, "audio")
                 nursery.start_soon(self._device_group, "gpio")
                 nursery.start_soon(self._mesh_loop)
+                nursery.start_soon(self._metrics_task)
         log.info("avi-agent stopped (exit %d)", self._exit_code)
         return self._exit_code
 
@@ -283,7 +290,11 @@ class Service:
         status_cfg = new.status.model_copy(update={"topic": self.config.status.topic})
         if self.status is not None:
             self.status.reconfigure(status_cfg)
-        applied = self.config.model_copy(update={"logging": new.logging, "status": status_cfg})
+        gains = {k: getattr(new.audio, k) for k in ("capture_gain_db", "playback_gain_db")}
+        applied = self.config.model_copy(update={"logging": new.logging, "status": status_cfg,
+                                                 "audio": self.config.audio.model_copy(update=gains)})
+        if self.talk is not None and callable(getattr(self.talk, "set_gains", None)):
+            self.talk.set_gains(gains["capture_gain_db"], gains["playback_gain_db"])
         if "talk" in {k.split(".")[0] for k in restart} and self.talk is not None \
                 and callable(getattr(self.talk, "reconfigure", None)):
             self.talk.reconfigure(new)
@@ -466,6 +477,10 @@ class Service:
         async with trio.open_nursery() as n:
             n.start_soon(self._dispatch, events, n)
             await n.start(self._keep_status, self.status)
+            try:
+                await handle.subscribe(ident.TOPIC)
+            except AviP2pError as exc:
+                log.info("identify requests will not be heard: %s", exc)
             await self._devices_tried()
             if self.talk_class is not None:
                 if self.devices is not None:
@@ -545,6 +560,9 @@ class Service:
                 case Message(topic=topic) if self.status is not None and topic == self.status.topic:
                     self.status.handle_message(event)
                     continue
+                case Message(topic=ident.TOPIC, from_peer=p, data=data):
+                    self._on_identify(p, data)
+                    continue
                 case Started():
                     continue
                 case PeerConnected(peer_id=p, address=a):
@@ -571,6 +589,43 @@ class Service:
         # The channel closes when the node stops: let the mesh loop restart it.
         nursery.cancel_scope.cancel()
 
+    def _on_identify(self, from_peer: str, data: bytes) -> None:
+        """An identify request on the mesh: chime and blink when it names us and may be obeyed."""
+        target = ident.parse_request(data)
+        if target is None or target != self.peer_id:
+            return
+        result = self.identify_policy.decide(from_peer, time.monotonic())
+        if result == "refused":
+            log.info("identify refused: %s is not in mesh.allowed_peers", from_peer, extra={"peer": from_peer})
+        elif result == "rate_limited":
+            log.info("identify from %s ignored: at most one per %g s", from_peer,
+                     self.identify_policy.min_interval_s, extra={"peer": from_peer})
+        else:
+            log.info("identify requested by %s: chiming and blinking", from_peer, extra={"peer": from_peer})
+            self.identify()
+
+    def identify(self) -> None:
+        """Chime (through push-to-talk's playback) and blink, or only blink without talk."""
+        talk = self.talk
+        if talk is not None and callable(getattr(talk, "identify", None)):
+            talk.identify()
+            return
+        g = self._gpio
+        if g is not None:
+            from agent.talk.engine import IDENTIFY_PATTERN, IDENTIFY_S
+
+            try:
+                g[1].set_pattern(IDENTIFY_PATTERN)
+                self._led_pattern = "identify"  # the status-line task puts idle/error back
+            except Exception as exc:
+                log.debug("identify LED failed: %s", exc)
+            if self._root is not None:
+                async def back() -> None:
+                    await trio.sleep(IDENTIFY_S)
+                    self._led_pattern = None
+                    self._update_led()
+                self._root.start_soon(back)
+
     async def _refuse_stream(self, peer: str, stream_id: int) -> None:
         try:
             await self.handle.reject_audio_stream(stream_id, "push-to-talk is not running on this node")
@@ -594,6 +649,9 @@ class Service:
         stretched = 0.0
         streams: tuple[TalkStreamStatus, ...] = ()
         p50 = p95 = p99 = None
+        tx = rx = False
+        group = self.config.talk.active_group
+        cap_lv = play_lv = None
         if self.node is not None:
             st = self.node.stats()
             drops += st.audio_frames_dropped
@@ -614,6 +672,12 @@ class Service:
                                                  stretched_ms=float(x.stretched_ms), late=x.late)
                                 for x in getattr(ts, "streams", ()))
                 s_in, s_out = max(s_in, ts.streams_in), max(s_out, ts.streams_out)
+                tx, rx = ts.transmitting, getattr(ts, "receiving", False)
+                group = ts.group
+                if hasattr(ts, "capture_levels"):
+                    c, p = ts.capture_levels, ts.playback_levels
+                    cap_lv = (c.rms_dbfs, c.peak_dbfs, c.clipped)
+                    play_lv = (p.rms_dbfs, p.peak_dbfs, p.clipped)
             except Exception as exc:
                 log.debug("talk.stats() failed: %s", exc)
         d = self.devices
@@ -632,10 +696,95 @@ class Service:
                             temp_c=soc_temperature(), talk=self.talk is not None,
                             frames_late=late, latency_p50_ms=p50, latency_p99_ms=p99, latency_p95_ms=p95,
                             frames_concealed=concealed, stretched_ms=stretched, talk_streams=streams,
-                            last_error=self.faults.last_error, backends=self.backends())
+                            last_error=self.faults.last_error, backends=self.backends(),
+                            transmitting=tx, receiving=rx, group=group,
+                            capture_levels=cap_lv, playback_levels=play_lv)
 
     def backends(self) -> dict[str, str]:
         return {"audio": self.config.audio.backend, "gpio": self.config.gpio.backend}
+
+    # --- /metrics and /status -------------------------------------------------------------------
+    async def _metrics_task(self) -> None:
+        """Serve /metrics and /status on ``metrics.listen`` (retried while the address is busy)."""
+        addr = self.config.metrics.address
+        if addr is None:
+            return
+        # prometheus_client takes a while to import: on a worker thread, so the event loop (the
+        # capture device, the watchdog) is not held up meanwhile.
+        await trio.to_thread.run_sync(importlib.import_module, "prometheus_client")
+        from agent.httpd import serve_http
+        from agent.metrics import metrics_handler
+
+        handler = metrics_handler(self.metrics_snapshot)
+        default = self.config.metrics.listen == DEFAULT_METRICS_LISTEN
+        while True:
+            why = None
+            try:
+                async with trio.open_nursery() as n:
+                    self.metrics_address = await n.start(serve_http, handler, addr[0], addr[1])
+                    self.clear_fault("metrics")
+                    log.info("metrics: http://%s:%d/metrics and /status", *self.metrics_address[:2])
+            except* OSError as group:
+                self.metrics_address = None
+                why = _describe(group)
+            if why is not None and default:
+                # Several agents on one machine (tests, the demo): the first one serves it.
+                log.info("metrics: cannot listen on %s (%s); /metrics is not served",
+                         self.config.metrics.listen, why)
+                return
+            if why is not None:
+                self.fault("metrics", f"cannot listen on {self.config.metrics.listen}: {why}")
+            await trio.sleep(METRICS_RETRY_S)
+
+    def metrics_snapshot(self) -> Any:
+        """The figures /metrics and /status show, read now."""
+        from agent.metrics import NodeMetrics
+
+        f = self._figures()
+        st = self.node.stats() if self.node is not None else None
+        fs = self.status.view.stats() if self.status is not None else None
+        talk = self.talk
+        levels = {}
+        if f.capture_levels is not None:
+            levels["capture"] = f.capture_levels
+        if f.playback_levels is not None:
+            levels["playback"] = f.playback_levels
+        xruns = {}
+        if self._audio is not None:
+            for name, dev in (("capture", self._audio[0]), ("playback", self._audio[1])):
+                try:
+                    xruns[name] = dev.stats().xruns
+                except Exception:  # a device fault is reported by the health check
+                    pass
+        a = self.config.audio
+        msg: dict[str, Any] = {}
+        if self.status is not None:
+            try:
+                msg = self.status.build().model_dump(mode="json")
+            except Exception as exc:  # /status must answer even when a figure is odd
+                msg = {"error": f"{type(exc).__name__}: {exc}"}
+        status = {"node": self.config.node.name, "peer_id": self.peer_id, "phase": self.phase,
+                  "summary": self.status_line(), "listen_addresses": self.listen_addresses,
+                  "faults": dict(self.faults.active), "restart_needed": self.restart_needed,
+                  "backends": self.backends(),
+                  "gains_db": {"capture": a.capture_gain_db, "playback": a.playback_gain_db},
+                  "status": msg}
+        return NodeMetrics(
+            node=self.config.node.name, peer_id=self.peer_id or "", version=__version__, state=f.state,
+            backends=self.backends(), peers=len(f.peers),
+            fleet_fresh=(fs.nodes - fs.stale) if fs else 0, fleet_stale=fs.stale if fs else 0,
+            streams_in=f.streams_in, streams_out=f.streams_out, frames_sent=f.frames_sent,
+            frames_received=f.frames_received, frames_late=f.frames_late,
+            frames_concealed=f.frames_concealed, frames_dropped=f.drops,
+            bytes_sent=st.bytes_out if st else 0, bytes_received=st.bytes_in if st else 0,
+            messages_published=st.messages_published if st else 0,
+            messages_received=st.messages_received if st else 0, xruns=xruns,
+            latency=getattr(talk, "latency_histogram", None), levels=levels,
+            gains_db={"capture": a.capture_gain_db, "playback": a.playback_gain_db},
+            transmitting=f.transmitting, receiving=f.receiving, group=f.group,
+            groups=tuple(self.config.talk.groups), load=f.cpu_load, temp_c=f.temp_c,
+            faults=len(self.faults.active), status_rejected=fs.rejected if fs else 0,
+            identify=dict(self.identify_policy.counts), status=status)
 
     def status_line(self) -> str:
         """One line for ``systemctl status``: phase, peers, fleet, streams, talk, errors. Once
@@ -665,6 +814,8 @@ class Service:
         g = self._gpio
         if g is None:
             return
+        if self._led_pattern == "identify":
+            return  # identify blinks for a few seconds, then the normal pattern comes back
         want = "error" if self.faults.active else "idle"
         # Talk drives the LED while it transmits/receives; the service only switches between
         # idle and error, and only when its own choice changes.

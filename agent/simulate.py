@@ -60,6 +60,13 @@ def default_nodes() -> list[SimNode]:
     ]
 
 
+def min_duration(nodes: list[SimNode] | None = None) -> float:
+    """The shortest run that plays the whole script: the last release, plus a second for the
+    agents to start and a second for the last frames to arrive."""
+    ends = [at + d for n in (nodes or default_nodes()) for at, d in n.presses]
+    return max(ends, default=0.0) + 1.0
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -214,6 +221,7 @@ async def watch(nodes: list[SimNode], duration: float, live: bool) -> None:
                             pass
 
             nursery.start_soon(collect)
+            nursery.start_soon(_on_sigint, nursery.cancel_scope)
             shown = 0
             while (elapsed := time.monotonic() - started) < duration:
                 for n in nodes:
@@ -229,6 +237,18 @@ async def watch(nodes: list[SimNode], duration: float, live: bool) -> None:
                 sys.stdout.flush()
                 await trio.sleep(0.5 if live else 1.0)
             nursery.cancel_scope.cancel()
+
+
+async def _on_sigint(scope: trio.CancelScope) -> None:
+    global _interrupted
+    with trio.open_signal_receiver(signal.SIGINT) as signals:
+        async for _ in signals:
+            _interrupted = True
+            scope.cancel()
+            return
+
+
+_interrupted = False
 
 
 def _talk_state(n: SimNode, elapsed: float) -> str:
@@ -259,8 +279,15 @@ def render(nodes: list[SimNode], elapsed: float, duration: float) -> str:
 
 
 def run(out: Path, duration: float) -> int:
+    global _interrupted
+    _interrupted = False
     nodes = default_nodes()
-    prepare(out, nodes)
+    try:
+        prepare(out, nodes)
+    except OSError as exc:
+        print(f"avi-agent simulate: cannot write the simulation files to {out}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return 1
     print(f"avi-agent simulate: 3 agents with fake hardware, files in {out}")
     for n in nodes:
         presses = ", ".join(f"{d:g} s at {a:g} s" for a, d in n.presses) or "never"
@@ -274,10 +301,14 @@ def run(out: Path, duration: float) -> int:
     except RuntimeError as exc:
         print(f"\navi-agent simulate: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted")
+    except KeyboardInterrupt:  # a Ctrl-C before the watcher's own handler was installed
+        _interrupted = True
     finally:
         codes = {n.name: stop(n) for n in nodes}
+    if _interrupted:
+        print("\ninterrupted: the agents were stopped; the summary so far:")
+        summary(nodes, codes)
+        return 130
     return summary(nodes, codes)
 
 

@@ -115,6 +115,16 @@ class StatusMessage(BaseModel):
     last_error: str | None = Field(None, max_length=MAX_ERROR_CHARS)
     backends: dict[str, str] = Field(default_factory=dict, max_length=4,
                                      description='device backends, e.g. {"audio": "alsa", "gpio": "fake"}')
+    # Talk activity and audio levels (dBFS over the last second; clipped = samples at full scale).
+    transmitting: bool = False
+    receiving: bool = False
+    group: str | None = Field(None, max_length=64, description="current talk group")
+    capture_rms_dbfs: float | None = Field(None, le=0)
+    capture_peak_dbfs: float | None = Field(None, le=0)
+    capture_clipped: int = Field(0, ge=0)
+    playback_rms_dbfs: float | None = Field(None, le=0)
+    playback_peak_dbfs: float | None = Field(None, le=0)
+    playback_clipped: int = Field(0, ge=0)
 
 
 def fake_devices(backends: Mapping[str, str]) -> list[str]:
@@ -155,7 +165,9 @@ def decode_status(data: bytes, from_peer: str, max_bytes: int) -> StatusMessage:
         where = ".".join(str(p) for p in first["loc"])
         raise StatusRejected("malformed", f"{where}: {first['msg']} ({exc.error_count()} errors)") from None
     if not all(math.isfinite(x) for x in (msg.uptime_s, msg.cpu_load or 0.0,
-                                            msg.process_cpu or 0.0, msg.temp_c or 0.0)):
+                                            msg.process_cpu or 0.0, msg.temp_c or 0.0,
+                                            msg.capture_rms_dbfs or 0.0, msg.capture_peak_dbfs or 0.0,
+                                            msg.playback_rms_dbfs or 0.0, msg.playback_peak_dbfs or 0.0)):
         raise StatusRejected("malformed", "non-finite number")
     if msg.peer_id != from_peer:
         # Gossip messages are signed by their origin: a mismatch is a node speaking for another.
@@ -346,6 +358,11 @@ class LocalFigures:
     talk_streams: tuple[TalkStreamStatus, ...] = ()
     last_error: str | None = None
     backends: Mapping[str, str] = field(default_factory=dict)
+    transmitting: bool = False
+    receiving: bool = False
+    group: str | None = None
+    capture_levels: tuple[float, float, int] | None = None  # rms dBFS, peak dBFS, clipped
+    playback_levels: tuple[float, float, int] | None = None
 
 
 @dataclass
@@ -412,6 +429,8 @@ class Status:
             stretched_ms=round(float(f.stretched_ms), 1), talk_streams=list(f.talk_streams[:MAX_LISTED_STREAMS]),
             status_rejected=self.view.rejected, last_error=err,
             backends={k: str(v)[:16] for k, v in list(f.backends.items())[:4]},
+            transmitting=f.transmitting, receiving=f.receiving, group=f.group,
+            **_levels("capture", f.capture_levels), **_levels("playback", f.playback_levels),
             interval_s=round(self.interval(), 1))
 
     def interval(self) -> float:
@@ -421,7 +440,8 @@ class Status:
     @staticmethod
     def _change_key(m: StatusMessage) -> tuple[Any, ...]:
         """The fields whose change is published at once (counters and load wait for the tick)."""
-        return (m.state, m.peers, m.streams_in, m.streams_out, m.last_error, m.talk, m.fleet)
+        return (m.state, m.peers, m.streams_in, m.streams_out, m.last_error, m.talk, m.fleet,
+                m.transmitting, m.receiving, m.group)
 
     async def publish_now(self) -> bool:
         msg = self.build()
@@ -463,6 +483,14 @@ class Status:
             # Coalesce bursts of changes (more so in a big fleet, where the fleet count changes
             # with every node that starts).
             await trio.sleep(max(MIN_PUBLISH_GAP_S, CHANGE_GAP_FRACTION * self.interval()))
+
+
+def _levels(prefix: str, lv: tuple[float, float, int] | None) -> dict[str, Any]:
+    if lv is None:
+        return {}
+    rms, peak, clipped = lv
+    return {f"{prefix}_rms_dbfs": round(min(0.0, rms), 1), f"{prefix}_peak_dbfs": round(min(0.0, peak), 1),
+            f"{prefix}_clipped": clipped}
 
 
 async def _first_of(*events: trio.Event) -> None:

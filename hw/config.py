@@ -88,6 +88,10 @@ class AudioConfig(_Strict):
     periods: int = Field(default=4, ge=2, le=32, description="ALSA buffer size in periods")
     reopen_interval_s: float = Field(default=1.0, gt=0.0, le=60.0,
                                      description="retry interval when a device vanishes")
+    capture_gain_db: float = Field(default=0.0, ge=-60.0, le=30.0,
+                                   description="applied to the microphone, saturating; SIGHUP reloads it")
+    playback_gain_db: float = Field(default=0.0, ge=-60.0, le=30.0,
+                                    description="applied to what is played, saturating; SIGHUP reloads it")
     fake_source: FakeSourceConfig = Field(default_factory=FakeSourceConfig)
     fake_sink: FakeSinkConfig = Field(default_factory=FakeSinkConfig)
     xrun_injection: XrunInjectionConfig = Field(default_factory=XrunInjectionConfig)

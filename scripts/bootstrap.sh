@@ -8,7 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(python3-venv python3-dev gcc pkg-config libasound2-dev libasound2-plugins alsa-utils
-              libsystemd-dev iproute2 nftables systemd-container libopus0 espeak-ng sox)
+              libsystemd-dev iproute2 nftables systemd-container libopus0 espeak-ng sox
+              chromium)  # chromium: the web monitor's test loads the page in headless Chromium
 EXTRAS="${AVI_EXTRAS:-test}"
 
 say() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*" >&2; }
@@ -34,7 +35,8 @@ fi
 
 PY=""
 for c in python3.13 python3.12 python3.11 python3; do
-    if command -v "$c" >/dev/null && "$c" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    # 2>/dev/null: a pyenv shim for a version pyenv has not installed prints "command not found"
+    if command -v "$c" >/dev/null && "$c" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
         PY="$c"; break
     fi
 done

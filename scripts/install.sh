@@ -58,7 +58,8 @@ WHEEL=""
 CONFIG_SRC=""
 
 usage() {
-    sed -n '2,8p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    # the whole comment block at the top of this file (line 2 up to the first line that is not #)
+    sed -n '2,/^[^#]/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'
 }
 
 say() { printf '[%s] %s\n' "$PROG" "$*"; }
@@ -71,8 +72,8 @@ die() {
     [ $# -lt 2 ] || printf '[%s]   what to do: %s\n' "$PROG" "$2" >&2
     exit 1
 }
-STEP="start"
-trap 'rc=$?; if [ $rc -ne 0 ]; then printf "[%s] error: step \"%s\" failed (exit %s); see the messages above. Fix the cause and run %s again: it resumes where it stopped.\n" "$PROG" "$STEP" "$rc" "$PROG" >&2; fi' EXIT
+STEP="arguments"
+trap 'rc=$?; if [ $rc -ne 0 ] && [ "$STEP" != arguments ]; then printf "[%s] error: step \"%s\" failed (exit %s); see the messages above. Fix the cause and run %s again: it resumes where it stopped.\n" "$PROG" "$STEP" "$rc" "$PROG" >&2; fi' EXIT
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -88,12 +89,13 @@ while [ $# -gt 0 ]; do
         --uninstall) MODE=uninstall; shift ;;
         --purge) PURGE=1; shift ;;
         -h|--help) usage; trap - EXIT; exit 0 ;;
-        *) usage >&2; die "unknown argument: $1" "see the usage above" ;;
+        *) die "unknown argument: $1" "run $PROG --help for the options" ;;
     esac
 done
 
 [ "$PURGE" -eq 0 ] || [ "$MODE" = uninstall ] || die "--purge only goes with --uninstall" "run: $PROG --uninstall --purge"
 [ -z "$FROM" ] || [ -z "$WHEEL" ] || die "--from and --wheel exclude each other" "give one of them"
+STEP="start"
 
 if [ -n "$ROOT" ]; then
     mkdir -p "$ROOT" || die "cannot create --root $ROOT" "give a writable directory"

@@ -8,6 +8,29 @@ from multiaddr import Multiaddr
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
+_B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+
+
+def is_peer_id(text: str) -> bool:
+    """True for a base58 libp2p peer id: a multihash that is either an identity hash of a
+    public key (``12D3KooW...``, Ed25519) or a SHA-256 (``Qm...``)."""
+    if not 1 <= len(text) <= 128 or any(c not in _B58 for c in text):
+        return False
+    n = 0
+    for c in text:
+        n = n * 58 + _B58.index(c)
+    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    raw = b"\0" * (len(text) - len(text.lstrip("1"))) + raw
+    if len(raw) < 2:
+        return False
+    code, length = raw[0], raw[1]
+    if code == 0x12:
+        return length == 32 and len(raw) == 34
+    if code == 0x00:
+        return 2 <= length <= 64 and len(raw) == 2 + length
+    return False
+
+
 class AviP2pConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -56,25 +79,30 @@ class AviP2pConfig(BaseModel):
     @field_validator("bootstrap_peers")
     @classmethod
     def _check_bootstrap(cls, v: list[str]) -> list[str]:
-        for addr in v:
+        problems = []  # every bad entry, not only the first
+        for i, addr in enumerate(v):
             try:
                 ma = Multiaddr(addr)
             except Exception as exc:  # multiaddr raises several unrelated types
-                raise ValueError(f"not a multiaddr: {addr!r} ({exc})") from None
+                problems.append(f"[{i}] not a multiaddr: {addr!r} ({exc})")
+                continue
             if "/p2p/" not in str(ma):
-                raise ValueError(f"{addr!r} has no /p2p/<peer id> part")
+                problems.append(f"[{i}] {addr!r} has no /p2p/<peer id> part")
+            elif not is_peer_id(str(ma).rsplit("/p2p/", 1)[1].split("/")[0]):
+                problems.append(f"[{i}] {addr!r}: the part after /p2p/ is not a peer id")
+        if problems:
+            raise ValueError("; ".join(problems))
         return v
 
     @field_validator("allowed_peers")
     @classmethod
     def _check_allowed(cls, v: list[str]) -> list[str]:
-        from libp2p.peer.id import ID
-
-        for p in v:
-            try:
-                ID.from_base58(p)
-            except Exception:
-                raise ValueError(f"not a peer id: {p!r}") from None
+        bad = [p for p in v if not is_peer_id(p)]
+        if bad:
+            raise ValueError(f"not a peer id (base58, e.g. 12D3KooW... of 52 characters): "
+                             f"{', '.join(repr(p) for p in bad[:10])}"
+                             + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+                             + "; one bad entry would cut this node off from that peer")
         return v
 
     @property

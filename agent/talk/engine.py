@@ -37,7 +37,10 @@ from agent.config import AgentConfig, TalkConfig
 from agent.mesh import (AudioData, AudioStreamAccepted, AudioStreamClosed, AudioStreamRequested,
                         AviP2pError, Event, Message, PeerConnected, PeerDisconnected, PeerId, StreamId,
                         UnknownStreamError)
+from agent.levels import LevelMeter, Levels, apply_gain
+from agent.metrics import LatencyHistogram
 from hw.audio.base import AudioFormat, monotonic_us
+from hw.gpio.base import LedPattern
 
 from .codec import (CODEC_NAMES, OPUS, PCM_S16LE, Codec, CodecError, OpusCodec, OpusSettings, choose_codec,
                     codec_ids, codec_names, common_codec, known_codecs, make_codec)
@@ -70,6 +73,25 @@ CLOSE_TIMEOUT_S = 2.0
 SHUTDOWN_S = 0.5             # closing our streams when push-to-talk stops (SIGTERM: exit in ~2 s)
 PREROLL_FRAMES = 16          # 320 ms of 20 ms frames kept for streams still being opened
 PLAYOUT_RESYNC_FRAMES = 4    # a playout clock this far behind restarts instead of bursting
+# The button: a tap (shorter than TAP_MAX_S) followed within TAP_GAP_S by a long press moves to
+# the next talk group; that second press does not transmit (a long press alone is just talking).
+TAP_MAX_S = 0.5
+TAP_GAP_S = 0.6
+GROUP_LED_S = 4.0            # how long the LED shows the new group's number
+IDENTIFY_S = 5.0             # how long identify blinks
+LOCAL_SOUND_FRAMES = 250     # bounded queue of locally generated sound (chimes): 5 s
+
+
+def group_pattern(index: int) -> LedPattern:
+    """Group number ``index + 1`` as that many short blinks, then a pause."""
+    steps: list[tuple[bool, float]] = []
+    for _ in range(index + 1):
+        steps += [(True, 0.15), (False, 0.25)]
+    steps[-1] = (False, 1.2)
+    return LedPattern(f"group-{index + 1}", tuple(steps))
+
+
+IDENTIFY_PATTERN = LedPattern("identify", ((True, 0.05), (False, 0.05), (True, 0.05), (False, 0.45)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +142,10 @@ class TalkStats:
     latency_p95_ms: float | None = None
     stretched_ms: float = 0.0
     streams: tuple[StreamStatus, ...] = ()
+    receiving: bool = False
+    groups: tuple[str, ...] = ()
+    capture_levels: Levels = Levels()
+    playback_levels: Levels = Levels()
 
 
 @dataclass(eq=False)
@@ -216,6 +242,18 @@ class Talk:
         self.streams_failed = 0
         self.bad_announcements = 0
         self.playout_resyncs = 0
+        self.capture_gain_db = config.audio.capture_gain_db
+        self.playback_gain_db = config.audio.playback_gain_db
+        self.capture_meter = LevelMeter()
+        self.playback_meter = LevelMeter()
+        self.latency_histogram = LatencyHistogram()
+        self._local_sound: deque[bytes] = deque(maxlen=LOCAL_SOUND_FRAMES)
+        self._press_at: float | None = None
+        self._last_tap_end: float | None = None
+        self._group_press = False
+        self._led_override: str | None = None  # a group number or identify is showing
+        self._led_override_gen = 0
+        self.group_changes = 0
 
     @property
     def talk_config(self) -> TalkConfig:
@@ -310,6 +348,10 @@ class Talk:
             latency_p95_ms=self._latency.percentile_ms(95),
             stretched_ms=round(stretched, 1),
             streams=streams,
+            receiving=self._receiving(),
+            groups=tuple(self.talk_config.groups),
+            capture_levels=self.capture_meter.levels(),
+            playback_levels=self.playback_meter.levels(),
         )
 
     @property
@@ -329,12 +371,69 @@ class Talk:
         self.config = config
         self._announce_wake.set()
 
+    def set_gains(self, capture_db: float, playback_db: float) -> None:
+        """Apply new capture and playback gains (dB) from the next frame on (SIGHUP)."""
+        self.capture_gain_db, self.playback_gain_db = capture_db, playback_db
+
+    def next_group(self) -> str:
+        """Move to the next of ``talk.groups`` (wrapping), announce it at once, show it on the LED."""
+        tc = self.talk_config
+        i = (tc.groups.index(tc.active_group) + 1) % len(tc.groups)
+        self.config = self.config.model_copy(update={"talk": tc.model_copy(update={"current_group": tc.groups[i]})})
+        self.group_changes += 1
+        self._announce_wake.set()  # announced at once (coalesced: ANNOUNCE_MIN_GAP_S)
+        log.info("talk group is now %s (%d of %d)", tc.groups[i], i + 1, len(tc.groups),
+                 extra={"group": tc.groups[i]})
+        self._led_for(group_pattern(i), GROUP_LED_S)
+        return tc.groups[i]
+
+    def identify(self, seconds: float = IDENTIFY_S) -> None:
+        """Play a short chime and blink the LED fast for ``seconds``, so a person finds the node."""
+        self._local_sound.extend(chime_frames(self.format))
+        self._led_for(IDENTIFY_PATTERN, seconds)
+
+    def _led_for(self, pattern: LedPattern, seconds: float) -> None:
+        """Show ``pattern`` for ``seconds``, then whatever talk shows (or the saved pattern)."""
+        self._led_override_gen += 1
+        gen = self._led_override_gen
+        if self._led_mine is None:
+            try:
+                self._led_saved = self.led.pattern
+            except Exception:  # an LED fault must not stop the audio
+                self._led_saved = None
+        try:
+            self.led.set_pattern(pattern)
+        except Exception as exc:
+            log.debug("LED pattern %s failed: %s", pattern.name, exc)
+        self._led_mine = self._led_override = pattern.name
+
+        async def restore() -> None:
+            await trio.sleep(seconds)
+            if gen == self._led_override_gen:
+                self._led_override = None
+                self._update_led()
+        self._spawn(restore)
+
+    def _receiving(self) -> bool:
+        return any(i.accepted and not i.playout.drained for i in self._in.values())
+
     # --- sending -----------------------------------------------------------------------------
     async def _button_loop(self) -> None:
         async for ev in self.button.events():
             if ev.kind == "pressed":
-                self._start_talking()
+                tapped = self._last_tap_end is not None and ev.at - self._last_tap_end <= TAP_GAP_S
+                self._press_at = ev.at
+                self._group_press = tapped
+                if not tapped:
+                    self._start_talking()
+            elif ev.kind == "long_press":
+                if self._group_press:
+                    self.next_group()
             elif ev.kind == "released":
+                held = ev.at - self._press_at if self._press_at is not None else None
+                self._last_tap_end = ev.at if (held is not None and held < TAP_MAX_S
+                                               and not self._group_press) else None
+                self._group_press = False
                 self._stuck = False
                 self._stop_talking("released")
         log.warning("the button's event stream ended: push-to-talk can no longer transmit")
@@ -487,6 +586,8 @@ class Talk:
     async def _capture_loop(self) -> None:
         while True:
             frame = await self.source.read()
+            pcm = apply_gain(frame.pcm, self.capture_gain_db)
+            self.capture_meter.add(pcm)
             if not self._tx:
                 continue
             for codec, enc in list(self._encoders.items()):
@@ -511,6 +612,21 @@ class Talk:
                 log.debug("send on %x: %s", sid, exc)
             else:
                 self.frames_sent += n
+            payload = self._encoder.encode(pcm)
+            self._preroll.append((payload, frame.timestamp_us))
+            for entry in list(self._out.values()):
+                sid = entry.stream_id
+                if sid is None:
+                    continue  # still opening: _request sends the pre-roll once it is open
+                try:
+                    await self.handle.send_audio(sid, payload, timestamp_us=frame.timestamp_us,
+                                                 codec=self._encoder.id)
+                except UnknownStreamError:
+                    self._forget_out(sid)
+                except AviP2pError as exc:
+                    log.debug("send on %x: %s", sid, exc)
+                else:
+                    self.frames_sent += 1
 
     def _forget_out(self, sid: StreamId) -> PeerId | None:
         peer = self._out_by_sid.pop(sid, None)
@@ -782,7 +898,11 @@ class Talk:
                     stamps.append(got.timestamp_us)
             elif ins.playout.drained:
                 self._retire(sid)
-        self._queue.put_nowait(_Playout(self._mixer.mix(pcms), tuple(stamps)))
+        if self._local_sound:
+            pcms.append(self._local_sound.popleft())
+        out = apply_gain(self._mixer.mix(pcms), self.playback_gain_db)
+        self.playback_meter.add(out)
+        self._queue.put_nowait(_Playout(out, tuple(stamps)))
 
     def _retire(self, sid: StreamId) -> None:
         ins = self._in.pop(sid)
@@ -806,6 +926,7 @@ class Talk:
             now = self._clock()
             for ts in item.timestamps:
                 self._latency.add(now - ts)
+                self.latency_histogram.observe_us(now - ts)
             seen = self.sink.stats().xruns
             if seen != xruns:
                 xruns = seen
@@ -846,8 +967,9 @@ class Talk:
                 self._stuck = True
 
     def _update_led(self) -> None:
-        receiving = any(i.accepted and not i.playout.drained for i in self._in.values())
-        want = "transmitting" if self._tx else ("receiving" if receiving else None)
+        if self._led_override is not None:
+            return  # a group number or identify is showing; restored when it ends
+        want = "transmitting" if self._tx else ("receiving" if self._receiving() else None)
         if want == self._led_mine:
             return
         try:
@@ -892,3 +1014,20 @@ class Talk:
         self._pending.clear()
         self._tx = False
         self._update_led()
+
+
+def chime_frames(fmt: AudioFormat, seconds: float = 0.6) -> list[bytes]:
+    """A two-note chime (880 Hz then 1320 Hz, faded) as frames of ``fmt`` (S16LE)."""
+    import numpy as np
+
+    n = int(fmt.rate * seconds)
+    t = np.arange(n) / fmt.rate
+    freq = np.where(t < seconds / 2, 880.0, 1320.0)
+    env = np.minimum(1.0, np.minimum(t, seconds - t) / 0.02)
+    x = (0.4 * 32767 * env * np.sin(2 * np.pi * freq * t)).astype("<i2")
+    if fmt.channels > 1:
+        x = np.repeat(x, fmt.channels)
+    data = x.tobytes()
+    fb = fmt.frame_bytes
+    data += bytes(-len(data) % fb)
+    return [data[i:i + fb] for i in range(0, len(data), fb)]

@@ -31,6 +31,7 @@ __all__ = [
     "SilenceSource",
     "WavSink",
     "NullSink",
+    "Loopback",
 ]
 
 log = logging.getLogger("hw.audio.fake")
@@ -387,3 +388,63 @@ class WavSink(_PacedSink):
         w, self._wav = self._wav, None
         if w is not None:
             await trio.to_thread.run_sync(w.close)
+
+
+class Loopback:
+    """A simulated acoustic path: what ``sink`` plays comes back on ``source`` ``delay_s`` later
+    (scaled by ``gain``), like a speaker next to a microphone. Both ends are paced like the other
+    fakes; the path keeps the last ``history_s`` of played samples on an absolute sample clock
+    (trio time × rate), so capture sees exactly what was playing at its own moment."""
+
+    def __init__(self, fmt: AudioFormat | None = None, *, delay_s: float = 0.005, gain: float = 1.0,
+                 history_s: float = 10.0, buffer_frames: int = 4) -> None:
+        import numpy as np
+
+        self.format = fmt or AudioFormat()
+        self.delay_s = delay_s
+        self.gain = gain
+        n = int(history_s * self.format.rate) * self.format.channels
+        self._ring = np.zeros(n, dtype=np.int16)
+        self._stamp = np.full(n, -1, dtype=np.int64)  # which absolute sample each slot holds
+        self.sink = _LoopbackSink(self, self.format, buffer_frames=buffer_frames)
+        self.source = _LoopbackSource(self, self.format, buffer_frames=buffer_frames)
+
+    def _put(self, t_start: float, pcm: bytes) -> None:
+        import numpy as np
+
+        x = np.frombuffer(pcm, dtype="<i2")
+        first = round(t_start * self.format.rate) * self.format.channels
+        idx = np.arange(first, first + x.size, dtype=np.int64)
+        slots = idx % self._ring.size
+        self._ring[slots] = x
+        self._stamp[slots] = idx
+
+    def _get(self, t_start: float, nbytes: int) -> bytes:
+        import numpy as np
+
+        n = nbytes // 2
+        first = round((t_start - self.delay_s) * self.format.rate) * self.format.channels
+        idx = np.arange(first, first + n, dtype=np.int64)
+        slots = idx % self._ring.size
+        x = np.where(self._stamp[slots] == idx, self._ring[slots], 0).astype(np.float64) * self.gain
+        return np.clip(np.rint(x), -32768, 32767).astype("<i2").tobytes()
+
+
+class _LoopbackSink(_PacedSink):
+    def __init__(self, path: Loopback, fmt: AudioFormat, *, buffer_frames: int) -> None:
+        super().__init__(fmt, buffer_frames=buffer_frames)
+        self._path = path
+
+    def _consume(self, pcm: bytes) -> None:
+        assert self._played_until is not None
+        self._path._put(self._played_until - self._fmt.duration_s(len(pcm)), pcm)
+
+
+class _LoopbackSource(_PacedSource):
+    def __init__(self, path: Loopback, fmt: AudioFormat, *, buffer_frames: int) -> None:
+        super().__init__(fmt, buffer_frames=buffer_frames)
+        self._path = path
+
+    def _render(self, index: int) -> bytes:
+        start = self._origin + (self._n - 1) * self._fmt.frame_s  # this frame's capture moment
+        return self._path._get(start, self._fmt.frame_bytes)

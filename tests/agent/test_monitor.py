@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from agent.mesh.identity import new_identity, peer_id_of, write_identity
-from agent.monitor import render_table
+from agent.monitor import COLUMNS, NO_NODES_HINT, fleet_rows, render_table
 from agent.status import FleetView, StatusMessage, encode_status
 from tests.agent.test_service import STOP_BOUND_S, AgentProc, write_config
 
@@ -108,20 +108,23 @@ def test_render_table() -> None:
     t = [1000.0]
     view = FleetView(stale_after_s=5.0, clock=lambda: t[0])
     peer = "12D3KooWAarzhoLWpQDaDBzTEWRCN5u6NWPD34WvsXtm2TgzxFLP"
-    view.receive(peer, encode_status(StatusMessage(node="pi-kitchen", peer_id=peer, version="0.1.0", seq=0,
-                                                   uptime_s=3.0, state="ok", peers=2, streams_in=1,
-                                                   temp_c=51.04)))
+    view.receive(peer, encode_status(StatusMessage(
+        node="pi-kitchen", peer_id=peer, version="0.1.0", seq=0, uptime_s=3.0, state="ok", peers=2,
+        streams_in=1, temp_c=51.04, backends={"audio": "fake", "gpio": "rpi"}, group="house", receiving=True,
+        capture_rms_dbfs=-31.2, playback_rms_dbfs=-12.6, playback_clipped=3, latency_p50_ms=61.0,
+        latency_p99_ms=85.4, drops=4, frames_late=2)))
     lines = render_table(view.entries(), t[0], "header")
     assert lines[0] == "header"
-    assert lines[1].split() == ["NAME", "PEER", "STATE", "PEERS", "STREAMS", "TEMP", "LAST", "SEEN", "ERROR"]
-    row = lines[2].split()
-    assert row[0] == "pi-kitchen" and row[2] == "ok" and row[3] == "2" and "51.0°C" in row
-    assert "1 in/0 out" in lines[2] and "0s ago" in lines[2]
+    assert lines[1].startswith("NAME") and "MIC/SPK dBFS" in lines[1] and "LATENCY p50/p99" in lines[1]
+    heads = [h for _, h in COLUMNS]
+    starts = [lines[1].index(h) for h in heads]
+    row = lines[2]
+    cells = {k: row[a:b].strip() for (k, _), a, b in zip(COLUMNS, starts, starts[1:] + [len(row)])}
+    assert cells["name"] == "pi-kitchen" and cells["state"] == "ok" and cells["peers"] == "2"
+    assert cells["backends"] == "fake audio" and cells["group"] == "house" and cells["talk"] == "RX"
+    assert cells["levels"] == "-31/-13 3 clip" and cells["latency"] == "61/85 ms"
+    assert cells["drops"] == "4 +2 late" and cells["temp"] == "51.0°C" and cells["seen"] == "0s ago"
     t[0] += 6
-    assert render_table(view.entries(), t[0])[1].split()[2] == "stale"
-    assert render_table([], t[0])[-1] == "(no status heard yet)"
-    # A node on simulated devices says so in its state.
-    view.receive(peer, encode_status(StatusMessage(node="pi-kitchen", peer_id=peer, version="0.1.0", seq=1,
-                                                   uptime_s=4.0, state="ok", peers=2,
-                                                   backends={"audio": "fake", "gpio": "rpi"})))
-    assert "ok, fake audio" in render_table(view.entries(), t[0])[1]
+    assert fleet_rows(view.entries(), t[0])[0]["state"] == "stale"
+    assert render_table([], t[0])[-1] == NO_NODES_HINT
+    assert "--dial ADDR" in NO_NODES_HINT and "mDNS" in NO_NODES_HINT
