@@ -592,7 +592,7 @@ class Talk:
                 continue
             for codec, enc in list(self._encoders.items()):
                 self._packet_ts.setdefault(codec, frame.timestamp_us)
-                payload = enc.encode(frame.pcm)
+                payload = enc.encode(pcm)
                 if payload is None:
                     continue  # a packet of several frames is being filled
                 await self._send_payload(codec, payload, self._packet_ts.pop(codec))
@@ -612,21 +612,6 @@ class Talk:
                 log.debug("send on %x: %s", sid, exc)
             else:
                 self.frames_sent += n
-            payload = self._encoder.encode(pcm)
-            self._preroll.append((payload, frame.timestamp_us))
-            for entry in list(self._out.values()):
-                sid = entry.stream_id
-                if sid is None:
-                    continue  # still opening: _request sends the pre-roll once it is open
-                try:
-                    await self.handle.send_audio(sid, payload, timestamp_us=frame.timestamp_us,
-                                                 codec=self._encoder.id)
-                except UnknownStreamError:
-                    self._forget_out(sid)
-                except AviP2pError as exc:
-                    log.debug("send on %x: %s", sid, exc)
-                else:
-                    self.frames_sent += 1
 
     def _forget_out(self, sid: StreamId) -> PeerId | None:
         peer = self._out_by_sid.pop(sid, None)

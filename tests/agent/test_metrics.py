@@ -63,7 +63,7 @@ def test_metrics_while_a_talk_runs(tmp_path: Path, procs) -> None:
         "AVI_GPIO__FAKE_PRESSES": json.dumps([{"at_s": at, "duration_s": 6.0} for at in (4, 12, 20, 28)])})
     procs.append(a)
     ma, mb = metrics_addr(a), metrics_addr(b)
-    a.wait_log("talking to group default: 1 peer", 45)
+    a.wait_log(r"talking to group default: 1 (peer|member)", 45)
     time.sleep(1.5)  # a second of talk (the fake press holds 6 s)
     first = samples(mb)
     time.sleep(1.5)
@@ -86,10 +86,11 @@ def test_metrics_while_a_talk_runs(tmp_path: Path, procs) -> None:
     # levels: a half-scale sine is 20*log10(0.5/sqrt(2)) = -9.03 dBFS RMS, -6.02 dBFS peak
     assert value(sa, "avi_audio_level_rms_dbfs", direction="capture") == pytest.approx(dbfs(0.5 * 32767 / 2 ** 0.5), abs=0.2)
     assert value(sa, "avi_audio_level_peak_dbfs", direction="capture") == pytest.approx(-6.02, abs=0.2)
-    # b plays a's tone 6 dB down (audio.playback_gain_db = -6): PCM is carried bit-exact
+    # b plays a's tone 6 dB down (audio.playback_gain_db = -6); the codec (Opus or PCM) keeps a
+    # steady tone's level within a fraction of a dB
     assert value(second, "avi_audio_gain_db", direction="playback") == -6
     assert value(second, "avi_audio_level_rms_dbfs", direction="playback") == pytest.approx(
-        value(sa, "avi_audio_level_rms_dbfs", direction="capture") - 6.0, abs=0.5)
+        value(sa, "avi_audio_level_rms_dbfs", direction="capture") - 6.0, abs=1.0)
     # the rest of the families are there, with their conventional names
     for name in ("avi_peers", "avi_mesh_bytes_sent_total", "avi_audio_xruns_total", "avi_cpu_load_ratio",
                  "process_resident_memory_bytes", "process_cpu_seconds_total"):
