@@ -116,7 +116,7 @@ PAGE = """<!doctype html>
 <div id="hint"></div>
 <script>
 "use strict";
-window.__updates = 0; window.__seen = {};
+window.__updates = 0; window.__seen = {}; window.__identify = {};
 function cell(tr, text, cls) { const td = document.createElement("td"); td.textContent = text;
   if (cls) td.className = cls; tr.appendChild(td); return td; }
 function render(s) {
@@ -141,9 +141,11 @@ function render(s) {
       cell(tr, n[k], cls);
     }
     const td = cell(tr, "", "actions"); const b = document.createElement("button");
-    b.textContent = "identify"; b.title = "make this node chime and blink";
-    b.onclick = () => fetch("/identify", {method: "POST", headers: {"X-Avi-Action": "identify"}, body: n.peer_id})
-      .then(r => r.text()).then(t => { b.textContent = r_ok(t); });
+    b.textContent = window.__identify[n.peer_id] || "identify"; b.title = "make this node chime and blink";
+    b.onclick = () => { window.__identify[n.peer_id] = "sending…"; render(window.__last);
+      fetch("/identify", {method: "POST", headers: {"X-Avi-Action": "identify"}, body: n.peer_id})
+        .then(r => r.text()).then(t => { window.__identify[n.peer_id] = r_ok(t); render(window.__last); })
+        .catch(() => { window.__identify[n.peer_id] = "failed"; render(window.__last); }); };
     td.appendChild(b); tbody.appendChild(tr);
     const key = n.name + ":" + n.talk + ":" + n.state;
     if (!(key in window.__seen)) window.__seen[key] = now;

@@ -112,20 +112,6 @@ def test_fleet_page_in_headless_chromium(tmp_path: Path, procs) -> None:
     procs.append(mon)
     url = mon.wait_log(r"fleet page at (http://\S+)", 30).group(1)
 
-    # a's presses, as seen by the test: the moments its log lines reach us (wall clock)
-    pressed_at: list[float] = []
-    stop = threading.Event()
-
-    def watch_presses() -> None:
-        seen = 0
-        while not stop.is_set():
-            lines = a.lines[seen:]
-            seen += len(lines)
-            pressed_at.extend(time.time() for ln in lines if "talking to group" in ln)
-            time.sleep(0.01)
-    watcher = threading.Thread(target=watch_presses, daemon=True)
-    watcher.start()
-
     browser = Chromium(url, tmp_path / "profile")
     try:
         async def drive() -> dict:
@@ -165,8 +151,10 @@ def test_fleet_page_in_headless_chromium(tmp_path: Path, procs) -> None:
         got = trio.run(drive)
     finally:
         browser.close()
-    stop.set()
-    watcher.join(5)
+    # a's presses by its own log's timestamps (local wall clock, ms; same machine as Chromium)
+    pressed_at = [time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1000
+                  for m in (re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\.(\d{3}) .*talking to group", ln)
+                            for ln in a.lines) if m]
     seen_s = got["seen_ms"] / 1000.0
     before = [t for t in pressed_at if t <= seen_s]
     assert before, f"the page showed a talk before a logged one ({pressed_at}, {seen_s})"
