@@ -194,6 +194,7 @@ class FleetResult:
     exit_codes: list[int | None]
     load: tuple[float, float, float]
     notes: list[str] = field(default_factory=list)
+    heard_detail: list[Heard] = field(default_factory=list)  # each listener's WAV analysis
 
     @property
     def expected_frames(self) -> int:
@@ -385,7 +386,7 @@ def run_fleet(n: int, out: Path, *, schedule: Schedule | None = None,
         p50_ms=[float(nd.status["latency_p50_ms"]) for nd in listeners if nd.status.get("latency_p50_ms")],
         p99_ms=[float(nd.status["latency_p99_ms"]) for nd in listeners if nd.status.get("latency_p99_ms")],
         talker_cpu_pct=talker_cpu, talker_up_bps=up, fleet_talk_out_bps=fleet_up,
-        exit_s=list(exit_s.values()), exit_codes=codes, load=load)
+        exit_s=list(exit_s.values()), exit_codes=codes, load=load, heard_detail=heard_all)
     missing = [nd.name for nd, h in zip(listeners, heard_all) if not h.heard(sch.talk_s)]
     if missing:
         result.notes.append(f"not heard by {', '.join(missing[:10])}"
