@@ -532,6 +532,8 @@ class Service:
             try:
                 await self._take_capture()
                 talk = self.talk_class(self.config, handle, d.source, d.sink, d.button, d.led)
+                if hasattr(talk, "on_change"):
+                    talk.on_change = self.changed  # talking/hearing/group: published at once
                 async with trio.open_nursery() as n:
                     await n.start(talk.run)
                     self.talk = talk

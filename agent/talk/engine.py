@@ -254,6 +254,10 @@ class Talk:
         self._led_override: str | None = None  # a group number or identify is showing
         self._led_override_gen = 0
         self.group_changes = 0
+        self._activity = (False, False)
+        # Called when transmitting/receiving starts or stops, or the group changes (the service
+        # sets it to publish its status at once).
+        self.on_change: Callable[[], None] = lambda: None
 
     @property
     def talk_config(self) -> TalkConfig:
@@ -382,6 +386,7 @@ class Talk:
         self.config = self.config.model_copy(update={"talk": tc.model_copy(update={"current_group": tc.groups[i]})})
         self.group_changes += 1
         self._announce_wake.set()  # announced at once (coalesced: ANNOUNCE_MIN_GAP_S)
+        self.on_change()
         log.info("talk group is now %s (%d of %d)", tc.groups[i], i + 1, len(tc.groups),
                  extra={"group": tc.groups[i]})
         self._led_for(group_pattern(i), GROUP_LED_S)
@@ -952,6 +957,13 @@ class Talk:
                 self._stuck = True
 
     def _update_led(self) -> None:
+        activity = (self._tx, self._receiving())
+        if activity != self._activity:
+            self._activity = activity
+            try:
+                self.on_change()  # the service publishes the fleet status at once
+            except Exception as exc:
+                log.debug("on_change failed: %s", exc)
         if self._led_override is not None:
             return  # a group number or identify is showing; restored when it ends
         want = "transmitting" if self._tx else ("receiving" if self._receiving() else None)

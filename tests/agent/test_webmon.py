@@ -138,7 +138,7 @@ def test_fleet_page_in_headless_chromium(tmp_path: Path, procs) -> None:
                 await browser.evaluate(ws, "delete window.__seen['pi-a:TX:ok']")
                 seen_ms = await until("window.__seen['pi-a:TX:ok']", 40, "a transmitting")
                 await until("document.querySelector('tr[data-name=\"pi-b\"] td.talk').textContent === 'RX'",
-                            10, "b receiving")
+                            25, "b receiving")  # (or at the next press, 10 s on)
                 await trio.sleep(1.5)  # a full second of levels and latency for the screenshot
                 shot = await browser.call(ws, "Page.captureScreenshot", format="png")
                 # identify from the page: a chimes and blinks
@@ -148,7 +148,11 @@ def test_fleet_page_in_headless_chromium(tmp_path: Path, procs) -> None:
                 updates = await browser.evaluate(ws, "window.__updates")
                 return {"seen_ms": seen_ms, "png": shot["data"], "updates": updates}
 
-        got = trio.run(drive)
+        try:
+            got = trio.run(drive)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n--- a:\n" + "\n".join(a.lines[-25:]) + "\n--- b:\n"
+                                 + "\n".join(b.lines[-25:])) from None
     finally:
         browser.close()
     # a's presses by its own log's timestamps (local wall clock, ms; same machine as Chromium)
