@@ -128,3 +128,18 @@ def test_render_table() -> None:
     assert fleet_rows(view.entries(), t[0])[0]["state"] == "stale"
     assert render_table([], t[0])[-1] == NO_NODES_HINT
     assert "--dial ADDR" in NO_NODES_HINT and "mDNS" in NO_NODES_HINT
+
+
+def test_live_table_keeps_stderr_below_it(capfd) -> None:
+    """While the live table owns the terminal, whatever is written to fd 2 (py-libp2p prints
+    there too) goes to a file; the table shows its last lines, and it is echoed at exit."""
+    import os
+
+    from agent.monitor import _StderrToFile
+
+    redirect = _StderrToFile()
+    with redirect:
+        os.write(2, b"libp2p: something noisy\nsecond line\n")
+        assert redirect.tail() == ["libp2p: something noisy", "second line"]
+        assert capfd.readouterr().err == ""  # nothing reached the terminal meanwhile
+    assert capfd.readouterr().err == "libp2p: something noisy\nsecond line\n"
