@@ -260,6 +260,12 @@ class AlsaCapture(_AlsaDevice):
         super().__init__(device, fmt, **kw)
         self._buf = bytearray()
         self._buf_start_us = 0
+        # A capture PCM cannot deliver faster than real time, except one that is not a sound card
+        # (ALSA's file/null plugins return at once): those are paced to the clock here, or the
+        # reader would spin (``paced`` says whether that happened).
+        self._pace_t0_us: int | None = None
+        self._pace_k = 0
+        self.paced = False
 
     async def read(self) -> AudioFrame:
         self._check_open()
@@ -305,7 +311,28 @@ class AlsaCapture(_AlsaDevice):
             ts = self._buf_start_us
             self._buf_start_us += self._fmt.frame_us
             self._frames += 1
+            ts = await self._pace(ts)
             return AudioFrame(pcm, ts)
+
+    async def _pace(self, ts: int) -> int:
+        """Hold a frame that arrives further ahead of real time than the device buffer allows
+        (a file/null PCM); returns its timestamp (the paced time when it was held)."""
+        frame_us = self._fmt.frame_us
+        now = monotonic_us()
+        if self._pace_t0_us is None:
+            self._pace_t0_us, self._pace_k = now, 0
+        self._pace_k += 1
+        due = self._pace_t0_us + self._pace_k * frame_us
+        ahead = due - now
+        if ahead < -self._periods * frame_us:  # behind (an overrun, a reopen): start over from now
+            self._pace_t0_us, self._pace_k = now - frame_us, 1
+        elif ahead > self._periods * frame_us:
+            if not self.paced:
+                self.paced = True
+                log.info("ALSA capture %r delivers faster than real time (not a sound card: a file or "
+                         "null PCM?): pacing it to the clock", self.device)
+            await trio.sleep((ahead - frame_us) / 1_000_000)
+        return due - frame_us if self.paced else ts  # a paced device's frames are on the clock
 
     @staticmethod
     def _read_blocking(pcm: Any) -> tuple[int, bytes, int]:

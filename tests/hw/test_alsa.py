@@ -313,3 +313,25 @@ def test_closed_device_refuses_io(alsa_conf, tmp_path: Path, run_trio) -> None:
 
 def test_alsa_config_env_is_private_to_the_test(alsa_conf) -> None:
     assert os.environ["ALSA_CONFIG_PATH"] == str(alsa_conf.path)
+
+
+def test_capture_faster_than_real_time_is_paced(alsa_conf, tmp_path: Path, run_trio) -> None:
+    """A file/null capture PCM returns at once (no sound card paces it): AlsaCapture paces it to
+    the clock instead of letting its reader spin, with frame timestamps one frame apart."""
+    infile = tmp_path / "mic.raw"
+    infile.write_bytes(pattern(100, seed=4))
+    alsa_conf.file_pcm("mic", infile=infile)
+
+    async def main() -> Any:
+        async with AlsaCapture("mic", FMT) as src:
+            t0 = trio.current_time()
+            frames = [await src.read() for _ in range(60)]
+            return trio.current_time() - t0, frames, src.paced
+
+    took, frames, paced = run_trio(main)
+    assert paced
+    # A lower bound (a busy machine only makes it longer): 60 frames of 20 ms, less the device
+    # buffer (4 periods) it may run ahead, less one.
+    assert took >= (60 - 4 - 1) * FMT.frame_s * 0.95, took
+    ts = [f.timestamp_us for f in frames]
+    assert {b - a for a, b in zip(ts[10:], ts[11:])} == {FMT.frame_us}
