@@ -11,10 +11,10 @@ Fit for an SD card:
   Python's last-resort handler as bare stderr lines) go through the same handler, format and
   journald fields, at ``logging.libp2p_level`` (:func:`adopt_libp2p_logging`, called again after
   py-libp2p is imported, since its import resets its logger).
-- Repeated records are summarised by :class:`Summarizer`: py-libp2p's by message shape (numbers,
-  addresses and peer ids ignored), ours when they carry ``extra={"_summary": key}``. At most one
-  line per key per ``SUMMARY_PERIOD_S`` (60 s), the later ones counted into a ``repeated=N``
-  line at the end of the period.
+- Repeated records are summarised by :class:`Summarizer`: all of py-libp2p's under one key, ours
+  when they carry ``extra={"_summary": key}`` (``peers``: every membership change; ``audio-timing``:
+  xruns and playout slips). At most one line per key per ``SUMMARY_PERIOD_S`` (60 s), the later
+  ones counted into a ``(+N more in the last 60 s)`` line (field ``repeated=N``) at its end.
 - ``journal = "always"`` without a journald socket falls back to stderr with one warning.
 """
 
@@ -44,9 +44,6 @@ JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
 SUMMARY_PERIOD_S = 60.0
 LEVEL_WIDTH = len("CRITICAL")
 _PEER_ID_RE = re.compile(r"(?<![/\w])(12D3KooW[1-9A-HJ-NP-Za-km-z]{44}|Qm[1-9A-HJ-NP-Za-km-z]{44})(?!\w)")
-# What makes two records of py-libp2p "the same message": its text with the parts that vary
-# (peer ids, addresses, ports, counts, hex) blanked out.
-_SHAPE_RE = re.compile(r"12D3KooW\w+|Qm\w{44}|/ip[46]/\S+|\d+(?:\.\d+)*(?::\d+)?|0x[0-9a-f]+|\b[0-9a-f]{8,}\b")
 
 
 def short_peer_ids(text: str) -> str:
@@ -141,8 +138,11 @@ class ReadableFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
         name = record.name.removeprefix("agent.")
+        message = record.getMessage()
+        if name.startswith("libp2p"):  # its messages embed newlines and indentation: one line each
+            message = " ".join(message.split())
         line = (f"{stamp}.{int(record.msecs):03d} {record.levelname:<{LEVEL_WIDTH}} {name}: "
-                f"{short_peer_ids(record.getMessage())}")
+                f"{short_peer_ids(message)}")
         extras = " ".join(f"{k}={_quote(short_peer_ids(str(v)))}" for k, v in extra_fields(record).items())
         if extras:
             line += " " + extras
@@ -177,20 +177,23 @@ def use_journal(mode: str, env: Mapping[str, str] | None = None, stream: TextIO 
 # ---- summaries of repeated records ------------------------------------------------------------
 @dataclass(slots=True)
 class _Window:
-    start: float
+    last_seen: float
     suppressed: int = 0
     last: logging.LogRecord | None = None
+    level: int = 0  # the most severe held-back record
 
 
 class Summarizer(logging.Filter):
-    """A handler filter: at most one line per key per ``period`` seconds.
+    """A handler filter for an SD card: repeated records become one summary line a minute.
 
-    The first record of a quiet key passes at once; the ones after it within the period are
-    counted, and the count comes out as one line when the period ends (the last suppressed
-    record, with `` (repeated N times in the last 60 s)`` and a ``repeated=N`` field), either
-    with the next record of that key or from :meth:`flush`, which the service calls every few
-    seconds. Records without a key pass untouched. Explicit time (``clock``) for tests;
-    bounded (``max_keys``, the oldest key dropped first)."""
+    Records have a key (:meth:`key`; records without one pass untouched). The first record of a
+    quiet key passes at once; later ones are held back and counted. Once per ``period``
+    (:meth:`flush`, which the service calls every second) ONE line sums up every key with
+    held-back records: ``in the last 60 s: peers +3 more (last: peer connected: ...); libp2p +79
+    more (last: Failed to open TCP stream ...)``, at the level of the most severe of them. A key
+    is quiet again after a whole period without records. So a node writes at most one line per
+    key per quiet spell plus one line a minute, however much repeats. Explicit time (``clock``)
+    for tests; bounded (``max_keys``, the oldest key dropped first)."""
 
     def __init__(self, period: float = SUMMARY_PERIOD_S, *, clock: Callable[[], float] = time.monotonic,
                  max_keys: int = 512) -> None:
@@ -200,19 +203,18 @@ class Summarizer(logging.Filter):
         self.max_keys = max_keys
         self.handler: logging.Handler | None = None
         self._windows: dict[Hashable, _Window] = {}
+        self._tick = clock()
         self.suppressed = 0  # records held back so far (all keys)
 
     @staticmethod
     def key(record: logging.LogRecord) -> Hashable | None:
         explicit = record.__dict__.get("_summary")
-        if explicit is not None:
-            return ("key", record.name, str(explicit))
+        if explicit is not None:  # one key across loggers: "peers" is every membership change
+            return str(explicit)
         if record.name == "libp2p" or record.name.startswith("libp2p."):
-            try:
-                text = str(record.msg) % record.args if record.args else str(record.msg)
-            except (TypeError, ValueError):
-                text = str(record.msg)
-            return ("libp2p", record.name, record.levelno, _SHAPE_RE.sub("#", text)[:200])
+            # One key for all of py-libp2p: a departed peer makes its transport, DHT and pub/sub
+            # each complain in their own words, many times (the count says how many).
+            return "libp2p"
         return None
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -228,43 +230,44 @@ class Summarizer(logging.Filter):
             while len(self._windows) > self.max_keys:
                 self._windows.pop(next(iter(self._windows)))
             return True
-        if now - w.start < self.period:
-            w.suppressed += 1
-            w.last = record
-            self.suppressed += 1
-            return False
-        n, old_start = w.suppressed, w.start
-        w.start, w.suppressed, w.last = now, 0, None
-        if n:  # the period ended without a flush: this record carries the count
-            self._mark(record, n + 1, f"in the last {now - old_start:.0f} s")
-        return True
+        w.last_seen = now
+        w.suppressed += 1
+        w.last = record
+        w.level = max(w.level, record.levelno)
+        self.suppressed += 1
+        return False
 
-    @staticmethod
-    def _mark(record: logging.LogRecord, times: int, span: str) -> None:
-        record.msg = f"{record.getMessage()} (repeated {times} times {span})"
-        record.args = None
-        record.repeated = times
+    def summary(self, now: float | None = None) -> logging.LogRecord | None:
+        """End the period if it is over: the summary record of what was held back (None when
+        nothing was); keys without records for a whole period become quiet again."""
+        now = self.clock() if now is None else now
+        if now - self._tick < self.period:
+            return None
+        span, self._tick = now - self._tick, now
+        held = [(k, w) for k, w in self._windows.items() if w.suppressed and w.last is not None]
+        for k, w in list(self._windows.items()):
+            if now - w.last_seen >= self.period:
+                del self._windows[k]
+        if not held:
+            return None
+        level = max(w.level for _, w in held)
+        parts = [f"{k} +{w.suppressed} more (last: {w.last.getMessage()})" for k, w in held]  # type: ignore[union-attr]
+        line = logging.makeLogRecord({
+            "name": "agent.logs", "levelno": level, "levelname": logging.getLevelName(level),
+            "msg": f"in the last {span:.0f} s: " + "; ".join(parts), "args": None,
+            "pathname": __file__, "lineno": 0, "funcName": "flush",
+            "repeated": sum(w.suppressed for _, w in held), "_avi_summary_line": True})
+        for _, w in held:
+            w.suppressed, w.last, w.level = 0, None, 0
+        return line
 
     def flush(self, now: float | None = None) -> int:
-        """End the periods that are over: one summary line for each key with held-back records;
-        keys that stayed quiet are dropped (their next record passes at once). Returns the
-        number of lines written."""
-        now = self.clock() if now is None else now
-        written = 0
-        for key, w in list(self._windows.items()):
-            if now - w.start < self.period:
-                continue
-            if w.suppressed and w.last is not None:
-                line = logging.makeLogRecord(dict(w.last.__dict__))
-                self._mark(line, w.suppressed, f"in the last {self.period:g} s")
-                line._avi_summary_line = True
-                w.start, w.suppressed, w.last = now, 0, None
-                if self.handler is not None and line.levelno >= self.handler.level:
-                    self.handler.handle(line)
-                    written += 1
-            else:
-                del self._windows[key]
-        return written
+        """Write the summary line when the period is over; returns the number of lines written."""
+        line = self.summary(now)
+        if line is None or self.handler is None or line.levelno < self.handler.level:
+            return 0
+        self.handler.handle(line)
+        return 1
 
 
 def adopt_libp2p_logging(level: str | int | None = None) -> None:

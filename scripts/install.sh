@@ -257,6 +257,10 @@ venv() {
     if [ ! -e "$v" ]; then
         mkdir -p "$(R "$PREFIX")"
         "$python" -m venv "$v" || die "python3 -m venv failed" "apt-get install python3-venv, then run $PROG again"
+        # A current pip with wheel builds the sdists (fastecdsa, pyalsaaudio ... on arm64) as wheels
+        # and caches them: a re-install does not compile them again (Debian's pip 23.0 does not).
+        "$v/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip wheel \
+            || die "pip could not update itself in $VENV" "check the network, then run $PROG again"
         did "created venv $VENV"
     fi
 

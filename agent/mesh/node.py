@@ -706,7 +706,7 @@ class AviP2p:
             for peer in self._redial.expired(now):
                 self._known.pop(peer, None)
                 log.info("forgot departed peer %s: unreachable for %g s", peer, self.config.forget_after_s,
-                         extra={"peer": peer})
+                         extra={"peer": peer, "_summary": "peers"})
             # Candidates: missing peers whose redial time has come (each backs off on its own).
             candidates = [p for p in self._redial.due(now) if p in self._known
                           and (p not in self._refused_by or self._refused_by[p][0] <= now)]

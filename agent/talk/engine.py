@@ -803,7 +803,7 @@ class Talk:
             self._groups_logged += 1
             level = logging.INFO if self._groups_logged <= GROUPS_LOGGED or prev is not None else logging.DEBUG
             log.log(level, "%s (%s) is in talk groups %s, talking to %s", peer, ann.name, ",".join(ann.groups),
-                    ann.current, extra={"peer": peer})
+                    ann.current, extra={"peer": peer, "_summary": "peers"})  # (≤ 1 line/min with the others)
         for sid, (p, _) in list(self._pending.items()):
             if p == peer:
                 del self._pending[sid]
@@ -864,7 +864,8 @@ class Talk:
             now = trio.current_time()
             if now - deadline > PLAYOUT_RESYNC_FRAMES * period:
                 self.playout_resyncs += 1
-                log.warning("playout clock %.0f ms behind: restarting it", (now - deadline) * 1000)
+                log.warning("playout clock %.0f ms behind: restarting it", (now - deadline) * 1000,
+                            extra={"_summary": "audio-timing"})  # (a busy machine: ≤ 1 line/min)
                 t0, k = now, 0
                 continue
             await trio.sleep_until(deadline)

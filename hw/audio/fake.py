@@ -129,7 +129,7 @@ class _PacedSource(OpenCloseContext):
                 self._origin, self._n = now, 0
                 log.warning("%s: overrun (reader %.0f ms late), %d frames lost",
                             type(self).__name__, (now - ready) * 1000, lost,
-                            extra={"_summary": "overrun"})  # (the agent's log: one line a minute at most)
+                            extra={"_summary": "audio-timing"})  # (the agent's log: one line a minute at most)
                 continue
             await trio.sleep_until(ready)
             index = self._content
@@ -328,7 +328,7 @@ class _PacedSink(OpenCloseContext):
         elif now > self._played_until:
             self._c.xruns += 1
             log.warning("%s: underrun (writer %.0f ms late)", type(self).__name__,
-                        (now - self._played_until) * 1000, extra={"_summary": "underrun"})
+                        (now - self._played_until) * 1000, extra={"_summary": "audio-timing"})
             self._played_until = now
         room_at = self._played_until + dur - self._buffer_s
         if room_at > now:

@@ -245,7 +245,7 @@ class Clock:
         return self.t
 
 
-def test_summarizer_one_line_per_key_per_minute_with_a_count() -> None:
+def test_summarizer_one_line_per_key_then_one_summary_a_minute() -> None:
     clock = Clock()
     out = io.StringIO()
     handler = setup_logging(LoggingConfig(journal="never"), "n", stream=out, env={}, clock=clock)
@@ -254,37 +254,27 @@ def test_summarizer_one_line_per_key_per_minute_with_a_count() -> None:
     for i in range(300):  # a departed peer redialled every 0.2 s for a minute, different ports
         lg.error("Failed to open TCP stream: all attempts to connect to 127.0.0.1:%d failed", 40000 + i)
         logging.getLogger("agent.service").info("peer connected: %s", i, extra={"_summary": "peers"})
+        logging.getLogger("libp2p.kad_dht").warning("Failed to read DHT message")  # same key: libp2p
         clock.t += 0.2
     logging.getLogger("agent.service").info("not summarised")
     lines = out.getvalue().splitlines()
     assert len(lines) == 3, lines  # the first of each key, and the unkeyed line
     assert "127.0.0.1:40000 failed" in lines[0] and "ERROR    libp2p.transport.tcp.tcp:" in lines[0]
     clock.t += 0.1
-    assert s.flush() == 2  # the minute is over: one count line per key
-    lines = out.getvalue().splitlines()[3:]
-    assert "127.0.0.1:40299 failed (repeated 299 times in the last 60 s)" in lines[0], lines
-    assert "repeated=299" in lines[0]
-    assert "peer connected: 299 (repeated 299 times" in lines[1]
-    # The next minute: records are held back again, then counted; a quiet key is then dropped.
+    assert s.flush() == 1  # the minute is over: ONE line sums up every key
+    summary = out.getvalue().splitlines()[3]
+    assert "ERROR    logs: in the last 60 s: " in summary, summary  # the level of the worst record
+    assert "libp2p +599 more (last: Failed to read DHT message)" in summary
+    assert "peers +299 more (last: peer connected: 299)" in summary and "repeated=898" in summary
+    assert s.flush() == 0  # at most one a minute
+    # Still busy: held back and counted; then quiet for a minute: the next record passes at once.
     lg.error("Failed to open TCP stream: all attempts to connect to 127.0.0.1:%d failed", 1)
     clock.t += 61
-    assert s.flush() == 1 and s.flush() == 0
+    assert s.flush() == 1 and "libp2p +1 more" in out.getvalue().splitlines()[-1]
     clock.t += 61
     assert s.flush() == 0
     lg.error("Failed to open TCP stream: all attempts to connect to 127.0.0.1:%d failed", 2)
-    assert out.getvalue().splitlines()[-1].endswith("127.0.0.1:2 failed")  # quiet key: at once
-
-
-def test_summarizer_count_rides_on_the_next_record_without_flush() -> None:
-    clock = Clock()
-    s = Summarizer(60, clock=clock)
-    recs = [make_record("x %s", name="libp2p.swarm") for _ in range(4)]
-    for r in recs:
-        r.args = (1,)
-    assert s.filter(recs[0]) and not s.filter(recs[1]) and not s.filter(recs[2])
-    clock.t += 60
-    assert s.filter(recs[3])
-    assert recs[3].getMessage() == "x 1 (repeated 3 times in the last 60 s)" and recs[3].repeated == 3
+    assert out.getvalue().splitlines()[-1].endswith("127.0.0.1:2 failed")
 
 
 def test_summarizer_is_bounded() -> None:

@@ -141,7 +141,7 @@ class AgentProc:
 
     def __init__(self, args: list[str], *, env: dict[str, str] | None = None,
                  notify: NotifySocket | None = None, watchdog_usec: int | None = None,
-                 stdout: int | None = subprocess.DEVNULL) -> None:
+                 stdout: int | None = subprocess.DEVNULL, prefix: list[str] | None = None) -> None:
         full_env = {k: v for k, v in os.environ.items()
                     if not k.startswith("AVI_") and k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC",
                                                                "WATCHDOG_PID", "JOURNAL_STREAM")}
@@ -152,7 +152,8 @@ class AgentProc:
             full_env["WATCHDOG_USEC"] = str(watchdog_usec)
         full_env.update(env or {})
         self.started_at = time.monotonic()
-        self.proc = subprocess.Popen([PYTHON, "-m", "agent", *args], cwd=ROOT, env=full_env,
+        # prefix: e.g. ["ip", "netns", "exec", NS] to run it in a network namespace
+        self.proc = subprocess.Popen([*(prefix or []), PYTHON, "-m", "agent", *args], cwd=ROOT, env=full_env,
                                      stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE,
                                      text=True)
         self.lines: list[str] = []
