@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what avi-agent needs to build and run on Debian 12 / Raspberry Pi OS bookworm:
 # the apt packages (ALSA and systemd headers for pyalsaaudio and systemd-python, iproute2 and
-# nftables for the network test rig, systemd-container for the real-systemd test, libopus0 for
+# nftables for the network test rig, systemd-container for the real-systemd test (and, with
+# debootstrap + qemu-user-static, the emulated arm64 boot test), libopus0 for
 # Opus, espeak-ng and sox for the speech test and bench), then a virtualenv in .venv with the project installed.
 # Idempotent and quiet when there is nothing to do. Used by scripts/demo.sh and scripts/test.sh.
 set -euo pipefail
@@ -9,6 +10,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(python3-venv python3-dev gcc pkg-config libasound2-dev libasound2-plugins alsa-utils
               libsystemd-dev iproute2 nftables systemd-container libopus0 espeak-ng sox
+              debootstrap qemu-user-static  # the emulated arm64 boot test
               chromium)  # chromium: the web monitor's test loads the page in headless Chromium
 EXTRAS="${AVI_EXTRAS:-test}"
 

@@ -221,3 +221,35 @@ def test_config_error_does_not_restart(ct: Container) -> None:
     # Fixed config: starts again.
     ct.sh("systemctl start avi-agent", timeout=60)
     assert ct.prop("ActiveState") == "active"
+
+
+def test_missing_sound_card_is_degraded_not_failed_then_recovers(ct: Container) -> None:
+    """Under real systemd: a sound card that is missing at start does not hold back READY=1
+    (Type=notify would time the start out and restart for ever): the unit is active, STATUS=
+    says degraded and what is missing; when the device appears the agent opens it (back-off)
+    and the fault clears, without a restart."""
+    wav = "/var/lib/avi-agent/mic.wav"
+    ct.sh(f"rm -f {wav}; mkdir -p /etc/systemd/system/avi-agent.service.d && "
+          "cat >/etc/systemd/system/avi-agent.service.d/mic.conf <<'EOF'\n[Service]\n"
+          f"Environment=AVI_AUDIO__FAKE_SOURCE__KIND=wav AVI_AUDIO__FAKE_SOURCE__PATH={wav} "
+          "AVI_AUDIO__REOPEN_INTERVAL_S=0.5\nEOF\nsystemctl daemon-reload")
+    try:
+        ct.sh("systemctl restart avi-agent", timeout=60)  # returns once READY=1 came
+        assert ct.prop("ActiveState") == "active"
+        ct.wait_for("STATUS=degraded: no sound card",
+                    lambda: ct.prop("StatusText").startswith("degraded: no sound card (") and "mic.wav" in ct.prop("StatusText"))
+        status = ct.sh("systemctl status avi-agent --no-pager", check=False).stdout
+        assert "Active: active (running)" in status and 'Status: "degraded: no sound card' in status, status
+        pid, restarts = ct.prop("MainPID"), ct.prop("NRestarts")
+        # The device appears (a 1 s WAV, readable by the service user).
+        ct.sh("python3 -c \"import wave; w = wave.open('/tmp/m.wav', 'wb'); w.setnchannels(1); w.setsampwidth(2); "
+              "w.setframerate(16000); w.writeframes(bytes(32000)); w.close()\" && "
+              f"install -o avi -g avi -m 0600 /tmp/m.wav {wav}")
+        ct.wait_for("the fault to clear", lambda: ct.prop("StatusText").startswith("pi-ct ready")
+                    and "no errors" in ct.prop("StatusText"), timeout=60)
+        assert (ct.prop("MainPID"), ct.prop("NRestarts")) == (pid, restarts), "recovered without a restart"
+        log = ct.sh("journalctl -u avi-agent --no-pager -n 60", check=False).stdout
+        assert "recovered: audio" in log, log
+    finally:
+        ct.sh("rm -f /etc/systemd/system/avi-agent.service.d/mic.conf; systemctl daemon-reload; "
+              "systemctl restart avi-agent", check=False, timeout=60)
