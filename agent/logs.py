@@ -78,6 +78,8 @@ def journal_fields(record: logging.LogRecord, node_name: str) -> dict[str, str]:
     """The journal entry for ``record``: MESSAGE, PRIORITY, NODE, SYSLOG_IDENTIFIER, source
     location, and every ``extra`` whose upper-cased name is a valid journal field name."""
     message = record.getMessage()
+    if record.name.startswith("libp2p"):  # its messages embed newlines and indentation
+        message = " ".join(message.split())
     fields = {
         "MESSAGE": message,
         "PRIORITY": str(_priority(record.levelno)),

@@ -272,7 +272,7 @@ class FleetView:
             level = logging.INFO if self._first_logged < FIRST_STATUS_LOGGED else logging.DEBUG
             self._first_logged += 1
             log.log(level, "fleet: first status from %s (%s)", msg.node, msg.peer_id,
-                    extra={"peer": msg.peer_id, "_summary": "peers"})
+                    extra={"peer": msg.peer_id})
         else:
             # The latest to arrive wins: messages are seconds apart, and a restarted node
             # legitimately starts again at seq 0.
