@@ -11,7 +11,8 @@ Layers (each a directory under ``$AVI_TEST_CACHE/arm64``, default /var/cache/avi
     a copy of the base in which ``scripts/install.sh`` ran (chroot, this machine's network, a
     Pi 4 model file): every apt package it installs and the venv with avi-agent and all its
     dependencies, the arm64 sdists (fastecdsa, pyalsaaudio, systemd-python, RPi.GPIO ...) built
-    under emulation. Key: base key, the apt package lists in install.sh, pyproject.toml.
+    under emulation. Key: base key, the apt package lists in install.sh, the dependencies in
+    pyproject.toml.
     pip's wheel cache (``pip/``) and apt's archives (``apt-archives/``) are kept next to them,
     so even a rebuild of this layer does not download or compile twice.
 
@@ -35,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -72,12 +74,16 @@ def base_key() -> str:
 
 
 def install_inputs(src: Path = ROOT) -> str:
-    """The inputs of the installed layer: install.sh's apt package lists and pyproject.toml."""
+    """The inputs of the installed layer: install.sh's apt package lists and the dependencies in
+    pyproject.toml (the ones a Pi installs: the base and the alsa, systemd and rpi extras)."""
     script = (src / "scripts/install.sh").read_text()
     apt_lines = [line.strip() for line in script.splitlines() if re.search(r"\bpkgs\+?=\(", line)]
     if not apt_lines:
         raise RuntimeError("scripts/install.sh: no 'pkgs=(...)' line (the cache key needs the apt list)")
-    return "\n".join(apt_lines) + "\n" + (src / "pyproject.toml").read_text()
+    project = tomllib.loads((src / "pyproject.toml").read_text())["project"]
+    deps = project.get("dependencies", []) + [
+        d for extra in ("alsa", "systemd", "rpi") for d in project.get("optional-dependencies", {}).get(extra, [])]
+    return "\n".join(apt_lines) + "\n" + "\n".join(deps) + "\n" + project.get("requires-python", "")
 
 
 def installed_key(src: Path = ROOT) -> str:
