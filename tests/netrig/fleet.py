@@ -342,14 +342,19 @@ def run_fleet(n: int, out: Path, *, schedule: Schedule | None = None,
         log_rate = [(lines1[nd.name] - lines0[nd.name]) / idle_dt * 60 for nd in nodes]
         load = os.getloadavg()
 
-        # Talk.
+        # Talk. The press time counts from the talker's own start (after its imports, seconds
+        # after the process was spawned on a busy machine): measure from its "talking to
+        # group" log line, not from the schedule.
         wait = t_last + press_at - time.monotonic()
         if wait > 0:
             time.sleep(wait)
+        deadline = time.monotonic() + 30.0
+        while "talking to group" not in talker.log.read_text(errors="replace") and time.monotonic() < deadline:
+            time.sleep(0.05)
         t_cpu0 = _cpu_s(talker.proc.pid)  # type: ignore[union-attr]
         t_bytes0 = _port_bytes(rig)
         t0 = time.monotonic()
-        time.sleep(sch.talk_s)
+        time.sleep(max(1.0, sch.talk_s - 0.2))  # inside the press (the line comes at its start)
         talk_dt = time.monotonic() - t0
         t_cpu1 = _cpu_s(talker.proc.pid)  # type: ignore[union-attr]
         t_bytes1 = _port_bytes(rig)
