@@ -252,7 +252,9 @@ class Summarizer(logging.Filter):
                 del self._windows[k]
         if not held:
             return None
-        level = max(w.level for _, w in held)
+        # py-libp2p logs a failed dial of a departed peer as ERROR: our mesh expects those (it
+        # redials with back-off, then forgets), so in the summary they count as WARNING at most.
+        level = max(min(w.level, logging.WARNING) if k == "libp2p" else w.level for k, w in held)
         parts = [f"{k} +{w.suppressed} more (last: {w.last.getMessage()})" for k, w in held]  # type: ignore[union-attr]
         line = logging.makeLogRecord({
             "name": "agent.logs", "levelno": level, "levelname": logging.getLevelName(level),
