@@ -77,6 +77,7 @@ def test_installs_venv_config_unit_and_user(installed: tuple[Path, str, Path]) -
     assert 'not a Raspberry Pi: /etc/avi-agent/agent.toml uses the simulated audio and GPIO' in out
 
 
+@pytest.mark.slow  # its own install into a --root: 68 s measured in a fast-set run with a CPU hog
 def test_on_a_raspberry_pi_the_config_uses_the_real_devices(tmp_path: Path) -> None:
     """A Pi 4 (its device-tree model file): the installed config selects ALSA and RPi.GPIO,
     and the venv has RPi.GPIO (extras rpi). The fakes are for demos and tests."""
