@@ -419,7 +419,9 @@ class Service:
         # watchdog, the capture device being drained) is not blocked meanwhile.
         import importlib
 
-        await trio.to_thread.run_sync(importlib.import_module, "agent.mesh.node")
+        # abandon_on_cancel: SIGTERM during the import must not wait for it (on a loaded machine
+        # it can take many seconds, and systemd would SIGKILL us); the thread is a daemon.
+        await trio.to_thread.run_sync(importlib.import_module, "agent.mesh.node", abandon_on_cancel=True)
         adopt_libp2p_logging()  # its import set its logger to bypass ours
         from agent.mesh import AviP2p
 
@@ -713,7 +715,7 @@ class Service:
             return
         # prometheus_client takes a while to import: on a worker thread, so the event loop (the
         # capture device, the watchdog) is not held up meanwhile.
-        await trio.to_thread.run_sync(importlib.import_module, "prometheus_client")
+        await trio.to_thread.run_sync(importlib.import_module, "prometheus_client", abandon_on_cancel=True)
         from agent.httpd import serve_http
         from agent.metrics import metrics_handler
 
