@@ -504,9 +504,15 @@ class Talk:
     def _open_to(self, peer: PeerId) -> None:
         if not self._tx or peer in self._out or self._nursery is None:
             return
-        in_plan = self._plan is not None and peer in self._plan.children(self._plan.talker)
+        plan = self._plan
+        in_plan = plan is not None and peer in plan.children(plan.talker)
+        if not in_plan and plan is not None and peer in plan.members():
+            return  # a relay of the plan serves it (an announcement during the press is no reason)
         limit = self.talk_config.relay_fanout
-        if len(self._out) >= limit and not in_plan:
+        # Our own children count from the press on, not only once opened: the plan is published
+        # before they are, and a member heard meanwhile must not take one of their places.
+        reserved = set(self._out) | (set(plan.children(plan.talker)) if plan is not None else set())
+        if len(reserved) >= limit and not in_plan:
             if peer not in self._skipped_peers:
                 self._skipped_peers.add(peer)
                 log.info("%s joined during the talk: not streaming to it, talk.relay_fanout (%d) "
