@@ -8,11 +8,11 @@ with its delay estimator and time-stretching, mixer, groups) have no I/O.
 
 from .codec import (OPUS, PCM_S16LE, Codec, CodecError, OpusCodec, OpusSettings, PcmS16le, choose_codec,
                     make_codec, register_codec)
-from .engine import StreamStatus, Talk, TalkStats
+from .engine import StreamStatus, Talk, TalkFactory, TalkLike, TalkStats
 from .groups import TOPIC
 from .mixer import Mixer, mix
 from .playout import AdaptivePlayout, DelayEstimator, PlayoutStats, Pulled, Push
 
-__all__ = ["Talk", "TalkStats", "StreamStatus", "TOPIC", "Codec", "CodecError", "PcmS16le", "OpusCodec",
+__all__ = ["Talk", "TalkLike", "TalkFactory", "TalkStats", "StreamStatus", "TOPIC", "Codec", "CodecError", "PcmS16le", "OpusCodec",
            "OpusSettings", "PCM_S16LE", "OPUS", "make_codec", "register_codec", "choose_codec",
            "AdaptivePlayout", "DelayEstimator", "PlayoutStats", "Pulled", "Push", "Mixer", "mix"]

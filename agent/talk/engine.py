@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import trio
 
@@ -39,8 +39,8 @@ from agent.mesh import (AudioData, AudioStreamAccepted, AudioStreamClosed, Audio
                         UnknownStreamError)
 from agent.levels import LevelMeter, Levels, apply_gain
 from agent.metrics import LatencyHistogram
-from hw.audio.base import AudioFormat, monotonic_us
-from hw.gpio.base import LedPattern
+from hw.audio.base import AudioFormat, AudioSink, AudioSource, monotonic_us
+from hw.gpio.base import Button, Led, LedPattern
 
 from .codec import (CODEC_NAMES, OPUS, PCM_S16LE, Codec, CodecError, OpusCodec, OpusSettings, choose_codec,
                     codec_ids, codec_names, common_codec, known_codecs, make_codec)
@@ -51,7 +51,10 @@ from .mixer import Mixer
 from .outqueue import DropOldestQueue
 from .relay import PLAN_TOPIC, RelayPlan, RelayTable, adopt, encode_plan, parse_plan, plan_tree
 
-__all__ = ["Talk", "TalkStats", "StreamStatus"]
+if TYPE_CHECKING:  # the mesh node's module loads py-libp2p: only its type is needed here
+    from agent.mesh import AviP2pHandle
+
+__all__ = ["Talk", "TalkLike", "TalkFactory", "TalkStats", "StreamStatus"]
 
 log = logging.getLogger("agent.talk")
 
@@ -188,14 +191,38 @@ class _Totals:
     stretched_ms: float = 0.0
 
 
+class TalkLike(Protocol):
+    """What the service runs and reads of push-to-talk: :class:`Talk`, or a stand-in a test
+    hands the service (``Service(..., talk_class=...)``)."""
+
+    on_change: Callable[[], None]  # set by the service: talking/hearing/group changed
+    latency_histogram: LatencyHistogram
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> None: ...
+
+    async def handle_event(self, event: Event) -> None: ...
+
+    def stats(self) -> TalkStats: ...
+
+    def identify(self, seconds: float = ...) -> None: ...
+
+    def set_gains(self, capture_db: float, playback_db: float) -> None: ...
+
+    def reconfigure(self, config: AgentConfig) -> None: ...
+
+
+# How the service builds push-to-talk once the mesh runs and the devices are open.
+TalkFactory = Callable[[AgentConfig, "AviP2pHandle", AudioSource, AudioSink, Button, Led], TalkLike]
+
+
 class Talk:
     """Push-to-talk for one node: ``await nursery.start(talk.run)``, then feed it every mesh
     event with ``await talk.handle_event(event)``; ``talk.stats()`` for figures."""
 
-    def __init__(self, config: AgentConfig, handle: Any, source: Any, sink: Any, button: Any,
-                 led: Any, *, clock: Callable[[], int] = monotonic_us) -> None:
+    def __init__(self, config: AgentConfig, handle: AviP2pHandle, source: AudioSource, sink: AudioSink,
+                 button: Button, led: Led, *, clock: Callable[[], int] = monotonic_us) -> None:
         self.config = config
-        self.handle = handle  # agent.mesh.AviP2pHandle (Any: the mesh loads py-libp2p lazily)
+        self.handle = handle
         self.source = source
         self.sink = sink
         self.button = button

@@ -359,11 +359,11 @@ async def test_missing_sound_card_shows_on_the_led_and_in_the_status_message(tmp
     async with trio.open_nursery() as n:
         n.start_soon(service.run)
         with trio.fail_after(20):
-            while not service.ready_sent or service._gpio is None \
-                    or service._gpio[1].pattern.name != "error":
+            while not service.ready_sent or service.hw.led is None \
+                    or service.hw.led.pattern.name != "error":
                 await trio.sleep(0.05)
         assert service.devices is None and service.talk is None
-        assert service.status_line().startswith("degraded: no sound card (")
+        assert service.view.status_line().startswith("degraded: no sound card (")
         msg = service.status.build()
         assert msg.state == "degraded" and "no sound card" in (msg.last_error or "")
         service.stop()
@@ -389,7 +389,7 @@ async def test_network_fault_shows_on_led_and_the_mesh_is_retried(tmp_path: Path
                     or service.devices.led.pattern.name != "error":
                 await trio.sleep(0.05)
         assert "cannot listen on 127.0.0.1:%d" % port in service.faults.active["mesh"]
-        assert "ERROR mesh: cannot listen" in service.status_line()
+        assert "ERROR mesh: cannot listen" in service.view.status_line()
         assert not service.ready_sent
         blocker.close()
         with trio.fail_after(30):
@@ -406,17 +406,22 @@ async def test_network_fault_shows_on_led_and_the_mesh_is_retried(tmp_path: Path
 # --- the talk hook ------------------------------------------------------------------------------
 
 class RecordingTalk:
-    """A minimal push-to-talk for the hook contract: accepts incoming streams and counts frames.
-    (The real one is agent.talk.Talk; this checks what the service hands it and forwards.)"""
+    """A minimal push-to-talk for the hook contract (agent.talk.TalkLike): accepts incoming
+    streams and counts frames. (The real one is agent.talk.Talk; this checks what the service
+    hands it and forwards.)"""
 
     instances: list["RecordingTalk"] = []
 
     def __init__(self, config, handle, source, sink, button, led) -> None:
+        from agent.metrics import LatencyHistogram
+
         self.args = (config, handle, source, sink, button, led)
         self.handle = handle
         self.events: list[object] = []
         self.received = 0
         self.fail_on_data = False
+        self.on_change = lambda: None
+        self.latency_histogram = LatencyHistogram()
         RecordingTalk.instances.append(self)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -435,19 +440,30 @@ class RecordingTalk:
             self.received += 1
 
     def stats(self):
-        from types import SimpleNamespace
+        from agent.talk import TalkStats
 
-        return SimpleNamespace(streams_in=1 if self.received else 0, streams_out=0, frames_sent=0,
-                               frames_received=self.received, frames_dropped=0)
+        return TalkStats(transmitting=False, group=self.args[0].talk.active_group, streams_in=1 if self.received else 0, streams_out=0,
+                         frames_sent=0, frames_received=self.received, frames_played=0, frames_dropped=0,
+                         frames_late=0, frames_duplicate=0, frames_concealed=0, streams_rejected=0,
+                         streams_failed=0, latency_p50_ms=None, latency_p99_ms=None, latency_samples=0)
+
+    def identify(self, seconds: float = 5.0) -> None:
+        pass
+
+    def set_gains(self, capture_db: float, playback_db: float) -> None:
+        pass
+
+    def reconfigure(self, config) -> None:
+        pass
 
 
-async def _service_and_peer(tmp_path: Path, nursery: trio.Nursery):
+async def _service_and_peer(tmp_path: Path, nursery: trio.Nursery, talk_class):
     from agent.config import load_config
     from agent.sdnotify import Notifier
     from agent.service import Service
 
     cfg = load_config(write_config(tmp_path / "a.toml"), env={})
-    service = Service(cfg, None, notifier=Notifier(env={}), env={})
+    service = Service(cfg, None, notifier=Notifier(env={}), env={}, talk_class=talk_class)
     nursery.start_soon(service.run)
     with trio.fail_after(20):
         while not service.ready_sent:
@@ -455,18 +471,15 @@ async def _service_and_peer(tmp_path: Path, nursery: trio.Nursery):
     return service
 
 
-async def test_talk_hook_gets_devices_and_audio_events(tmp_path: Path, monkeypatch) -> None:
-    import types
-
+async def test_talk_hook_gets_devices_and_audio_events(tmp_path: Path) -> None:
     from agent.mesh import AudioData, AudioStreamAccepted, AudioStreamRequested, PeerConnected
     from hw.audio.base import AudioSink, AudioSource
     from hw.gpio.base import Button, Led
     from tests.mesh.meshutil import nodes
 
     RecordingTalk.instances.clear()
-    monkeypatch.setitem(sys.modules, "agent.talk", types.SimpleNamespace(Talk=RecordingTalk))
     async with trio.open_nursery() as n:
-        service = await _service_and_peer(tmp_path, n)
+        service = await _service_and_peer(tmp_path, n, RecordingTalk)
         [talk] = RecordingTalk.instances
         config, handle, source, sink, button, led = talk.args
         assert config is service.config and handle.local_peer_id == service.peer_id
@@ -485,7 +498,7 @@ async def test_talk_hook_gets_devices_and_audio_events(tmp_path: Path, monkeypat
             assert {PeerConnected, AudioStreamRequested, AudioData} <= kinds
             m = service.status.build()
             assert m.talk and m.frames_received == 5 and m.streams_in == 1
-            assert "talk on" in service.status_line()
+            assert "talk on" in service.view.status_line()
             # A talk failure is a fault, not the end of the service.
             talk.fail_on_data = True
             await peer.h.send_audio(sid, b"x" * 40)
@@ -497,13 +510,12 @@ async def test_talk_hook_gets_devices_and_audio_events(tmp_path: Path, monkeypat
         service.stop()
 
 
-async def test_without_talk_incoming_streams_are_refused(tmp_path: Path, monkeypatch) -> None:
+async def test_without_talk_incoming_streams_are_refused(tmp_path: Path) -> None:
     from agent.mesh import AudioStreamClosed
     from tests.mesh.meshutil import nodes
 
-    monkeypatch.setitem(sys.modules, "agent.talk", None)  # import fails: "no talk"
     async with trio.open_nursery() as n:
-        service = await _service_and_peer(tmp_path, n)
+        service = await _service_and_peer(tmp_path, n, None)  # built without push-to-talk
         assert service.talk is None and service.talk_class is None
         async with nodes(1) as (peer,):
             await peer.h.dial(service.listen_addresses[0])
