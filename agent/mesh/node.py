@@ -235,6 +235,7 @@ class AviP2p:
     async def shutdown(self) -> None:
         """Close every audio stream (telling peers why), stop the host, end the event channel."""
         if self._stopped.is_set():
+            await trio.lowlevel.checkpoint()  # already stopped: a checkpoint all the same
             return
         if self._running:
             self._running = False
@@ -979,6 +980,7 @@ class AviP2pHandle:
         """Start a discovery round now (bootstrap, DHT, known peers); results come as events."""
         self._node._require_running()
         self._node._discover_now.set()
+        await trio.lowlevel.checkpoint()  # (the round runs in the node's task)
 
     # audio streams
     async def request_audio_stream(self, peer: PeerId) -> StreamId:
@@ -1038,6 +1040,7 @@ class AviP2pHandle:
         when the peer cannot keep up). `timestamp_us` is the capture time on CLOCK_MONOTONIC."""
         from .audio_session import now_us
 
+        await trio.lowlevel.checkpoint()  # never waits, but is a checkpoint (cancelled: not queued)
         self._node._require_running()
         session = self._node._session(stream_id)
         session.queue_frame(bytes(data), now_us() if timestamp_us is None else timestamp_us, codec)

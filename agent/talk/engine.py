@@ -255,6 +255,7 @@ class Talk:
         self._plan: RelayPlan | None = None
         self._plan_seq = 0
         self._relay_sids: dict[StreamId, StreamId] = {}  # our relay stream -> the incoming one
+        self._prerolling: set[StreamId] = set()  # streams _send_backlog is filling (live sends skip them)
         self.frames_relayed = 0
         self._groups_logged = 0
         self.relay_failures = 0
@@ -318,6 +319,7 @@ class Talk:
 
     async def handle_event(self, event: Event) -> None:
         """Take one mesh event. Returns at once: state changes only, network calls run as tasks."""
+        await trio.lowlevel.checkpoint()  # a checkpoint whatever the event (the API's rule)
         match event:
             case AudioData():
                 ins = self._on_audio(event)
@@ -579,13 +581,32 @@ class Talk:
         # Frames captured while the stream was being opened (a slow or lossy link takes a few
         # hundred ms): send them now, so the start of the talk is not cut off. The mesh queues
         # them until the peer accepts, and drops the oldest if the peer is slow.
-        for payload, ts in list(self._preroll.get(entry.codec, ())):
-            try:
-                await self.handle.send_audio(sid, payload, timestamp_us=ts, codec=entry.codec)
-            except AviP2pError as exc:
-                log.debug("pre-roll on %x: %s", sid, exc)
-                break
-            self.frames_sent += self._encoders[entry.codec].frames_in(payload)
+        codec = entry.codec
+        try:
+            await self._send_backlog(sid, lambda: [(p, ts, codec) for p, ts in self._preroll.get(codec, ())],
+                                     relay=False)
+        except AviP2pError as exc:
+            log.debug("pre-roll on %x: %s", sid, exc)
+
+    async def _send_backlog(self, sid: StreamId, backlog: Callable[[], list[tuple[bytes, int, int]]], *,
+                            relay: bool) -> None:
+        """Send a stream that just opened the frames kept for it, then those added meanwhile:
+        ``send_audio`` is a checkpoint, so the capture or relay task runs between two sends; it
+        skips a stream in ``_prerolling`` (only adds to the backlog), so frames go out in order."""
+        self._prerolling.add(sid)
+        sent_ts: int | None = None
+        try:
+            while fresh := [f for f in backlog() if sent_ts is None or f[1] > sent_ts]:
+                for payload, ts, codec in fresh:
+                    await self.handle.send_audio(sid, payload, timestamp_us=ts, codec=codec)
+                    sent_ts = ts if sent_ts is None else max(sent_ts, ts)
+                    n = self._frames_in(codec, payload)  # (this press's encoders may be gone by now)
+                    if relay:
+                        self.frames_relayed += n
+                    else:
+                        self.frames_sent += n
+        finally:
+            self._prerolling.discard(sid)
 
     async def _close_quietly(self, sid: StreamId) -> None:
         with trio.move_on_after(CLOSE_TIMEOUT_S):
@@ -640,7 +661,7 @@ class Talk:
         n = self._encoders[codec].frames_in(payload)
         for entry in list(self._out.values()):
             sid = entry.stream_id
-            if sid is None or entry.codec != codec:
+            if sid is None or sid in self._prerolling or entry.codec != codec:
                 continue  # still opening: _request sends the pre-roll once it is open
             try:
                 await self.handle.send_audio(sid, payload, timestamp_us=ts, codec=codec)
@@ -745,19 +766,16 @@ class Talk:
             return
         ins.relay_out[child] = sid
         self._relay_sids[sid] = ins.stream_id
-        for payload, ts, codec in list(ins.relay_buf):
-            try:
-                await self.handle.send_audio(sid, payload, timestamp_us=ts, codec=codec)
-            except AviP2pError as exc:
-                log.debug("relay pre-roll on %x: %s", sid, exc)
-                break
-            self.frames_relayed += self._frames_in(codec, payload)
+        try:
+            await self._send_backlog(sid, lambda: list(ins.relay_buf), relay=True)
+        except AviP2pError as exc:
+            log.debug("relay pre-roll on %x: %s", sid, exc)
 
     async def _relay_frame(self, ins: _In, ev: AudioData) -> None:
         """Forward one frame, unchanged (payload, codec, capture time), to our children."""
         ins.relay_buf.append((ev.data, ev.timestamp_us, ev.codec))
         for child, sid in list(ins.relay_out.items()):
-            if sid is None:
+            if sid is None or sid in self._prerolling:
                 continue  # still opening: it gets the pre-roll
             try:
                 await self.handle.send_audio(sid, ev.data, timestamp_us=ev.timestamp_us, codec=ev.codec)

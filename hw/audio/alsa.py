@@ -130,6 +130,7 @@ class _AlsaDevice(OpenCloseContext):
     async def open(self) -> None:
         """Open and configure the PCM; raises DeviceNotFoundError / FormatNotSupportedError."""
         if self._state != "closed":
+            await trio.lowlevel.checkpoint()  # already open: a checkpoint all the same
             return
         self._pcm = await trio.to_thread.run_sync(self._open_blocking)
         self._state = "open"
@@ -353,6 +354,7 @@ class AlsaPlayback(_AlsaDevice):
                 f"{len(pcm)} bytes is not a whole number of {self._fmt.channels}-channel S16_LE samples"
             )
         if not pcm:
+            await trio.lowlevel.checkpoint()  # nothing to play: a checkpoint all the same
             return
         async with self._lock:
             self._check_open()

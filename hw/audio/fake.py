@@ -98,6 +98,7 @@ class _PacedSource(OpenCloseContext):
         return self._fmt
 
     async def open(self) -> None:
+        await trio.lowlevel.checkpoint()  # even when there is nothing to load
         await self._load()
         self._t_open = self._origin = trio.current_time()
         self._mono_open = monotonic_us()
@@ -107,6 +108,7 @@ class _PacedSource(OpenCloseContext):
 
     async def aclose(self) -> None:
         self._c.state = "closed"
+        await trio.lowlevel.checkpoint()  # (closed first: a cancelled close still closes)
 
     def stats(self) -> AudioStats:
         return self._c.snapshot()
@@ -286,6 +288,7 @@ class _PacedSink(OpenCloseContext):
         return self._fmt
 
     async def open(self) -> None:
+        await trio.lowlevel.checkpoint()  # even when there is nothing to start
         await self._start()
         self._played_until = None
         self._index = 0
@@ -293,6 +296,7 @@ class _PacedSink(OpenCloseContext):
 
     async def aclose(self) -> None:
         if self._c.state == "closed":
+            await trio.lowlevel.checkpoint()
             return
         self._c.state = "closed"
         try:
@@ -302,6 +306,7 @@ class _PacedSink(OpenCloseContext):
         finally:
             with trio.CancelScope(shield=True):
                 await self._finish()
+        await trio.lowlevel.checkpoint()  # (closed first: a cancelled close still closes)
 
     def stats(self) -> AudioStats:
         return self._c.snapshot()
@@ -320,6 +325,7 @@ class _PacedSink(OpenCloseContext):
             self._c.dropped += 1
             self._played_until = None  # the stream restarts after recovery
             log.warning("%s: injected underrun at frame %d, frame lost", type(self).__name__, index)
+            await trio.lowlevel.checkpoint()
             return
         now = trio.current_time()
         dur = self._fmt.duration_s(len(pcm))
@@ -333,6 +339,8 @@ class _PacedSink(OpenCloseContext):
         room_at = self._played_until + dur - self._buffer_s
         if room_at > now:
             await trio.sleep_until(room_at)
+        else:
+            await trio.lowlevel.checkpoint()  # room in the buffer: no wait, still a checkpoint
         self._played_until += dur
         self._consume(pcm)
         self._c.frames += 1

@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 import trio
 
@@ -24,33 +25,45 @@ __all__ = ["ButtonCore", "PatternLed"]
 log = logging.getLogger("hw.gpio")
 
 
-class _NurseryOwner:
-    """An async context manager that runs background tasks in a private nursery."""
+class _TaskOwner:
+    """``async with`` for a device that runs background tasks: ``_enter(stack)`` acquires the
+    hardware and starts the tasks, pushing each release onto an ``AsyncExitStack`` as it goes,
+    so a failure half-way releases exactly what was acquired, and leaving unwinds it in reverse
+    (stop the tasks, wait for them, then release the hardware)."""
 
-    _nursery_cm: Any = None
-    _nursery: trio.Nursery | None = None
+    _stack: AsyncExitStack | None = None
 
-    async def _start_nursery(self) -> trio.Nursery:
-        self._nursery_cm = trio.open_nursery()
-        self._nursery = await self._nursery_cm.__aenter__()
-        return self._nursery
+    async def __aenter__(self) -> Self:
+        await trio.lowlevel.checkpoint()  # public async API: a checkpoint (tests/test_checkpoints.py)
+        async with AsyncExitStack() as stack:
+            await self._enter(stack)
+            self._stack = stack.pop_all()  # entered: __aexit__ unwinds it
+        return self
 
-    async def _stop_nursery(
+    async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        cm, n = self._nursery_cm, self._nursery
-        self._nursery_cm = self._nursery = None
-        if cm is None:
+        stack, self._stack = self._stack, None
+        if stack is None:
+            await trio.lowlevel.checkpoint()
             return False
-        assert n is not None
-        n.cancel_scope.cancel()
-        return bool(await cm.__aexit__(exc_type, exc, tb))
+        return await stack.__aexit__(exc_type, exc, tb)  # leaving a nursery is a checkpoint
+
+    async def _enter(self, stack: AsyncExitStack) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    @staticmethod
+    async def _open_nursery(stack: AsyncExitStack) -> trio.Nursery:
+        """A nursery for the tasks, cancelled when the stack unwinds to it."""
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        stack.callback(nursery.cancel_scope.cancel)
+        return nursery
 
 
-class ButtonCore(_NurseryOwner):
+class ButtonCore(_TaskOwner):
     """Debounced button from raw edges. Subclasses call ``_raw_edge`` (trio thread) or
     ``_raw_edge_from_thread`` (any other thread), and implement ``_setup``/``_teardown``."""
 
@@ -77,27 +90,19 @@ class ButtonCore(_NurseryOwner):
     def stats(self) -> ButtonStats:
         return ButtonStats(edges=self._edges, events=self._events, dropped_edges=self._dropped)
 
-    async def __aenter__(self) -> Self:
+    async def _enter(self, stack: AsyncExitStack) -> None:
         self._token = trio.lowlevel.current_trio_token()
         initial = await self._setup()
+        stack.push_async_callback(self._release)
         self._logic = ButtonLogic(self._logic._d.debounce_s, self._logic.long_press_s, initial)
-        nursery = await self._start_nursery()
+        nursery = await self._open_nursery(stack)
         nursery.start_soon(self._run)
         await self._started(nursery)
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        try:
-            return await self._stop_nursery(exc_type, exc, tb)
-        finally:
-            with trio.CancelScope(shield=True):
-                await self._teardown()
-            self._ev_send.close()
+    async def _release(self) -> None:
+        with trio.CancelScope(shield=True):
+            await self._teardown()
+        self._ev_send.close()
 
     async def events(self) -> AsyncIterator[ButtonEvent]:
         async for ev in self._ev_recv:
@@ -151,7 +156,7 @@ class ButtonCore(_NurseryOwner):
         """Release the hardware."""
 
 
-class PatternLed(_NurseryOwner):
+class PatternLed(_TaskOwner):
     """Runs LED patterns; subclasses implement ``_apply(on)`` and ``_setup``/``_teardown``."""
 
     def __init__(self, initial: str | LedPattern = "off") -> None:
@@ -180,23 +185,15 @@ class PatternLed(_NurseryOwner):
         self._pattern = self._resolve(pattern)
         self._changed.set()
 
-    async def __aenter__(self) -> Self:
+    async def _enter(self, stack: AsyncExitStack) -> None:
         await self._setup()
-        nursery = await self._start_nursery()
+        stack.push_async_callback(self._release)
+        nursery = await self._open_nursery(stack)
         nursery.start_soon(self._run)
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        try:
-            return await self._stop_nursery(exc_type, exc, tb)
-        finally:
-            self._set(False)
-            await self._teardown()
+    async def _release(self) -> None:
+        self._set(False)
+        await self._teardown()
 
     def _set(self, on: bool) -> None:
         if on != self._on:

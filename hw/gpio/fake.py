@@ -91,11 +91,14 @@ class FakeButton(ButtonCore):
         self._level = pressed
         self._raw_edge(pressed)
         level = pressed
-        for off in bounce_offsets(self.bounce_s, self._rng):
+        offsets = bounce_offsets(self.bounce_s, self._rng)
+        for off in offsets:
             await trio.sleep_until(t0 + off)
             level = not level
             self._raw_edge(level)
         assert level == pressed
+        if not offsets:
+            await trio.lowlevel.checkpoint()  # no bounce to wait through: still a checkpoint
 
     async def press(self) -> None:
         """Press (with bounce) now."""

@@ -9,13 +9,16 @@ file (which first includes the system ``alsa.conf``) and define the PCMs it need
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+HERE = Path(__file__).parent
 SYSTEM_ALSA_CONF = "/usr/share/alsa/alsa.conf"
 
 
@@ -103,6 +106,21 @@ def run_trio() -> Callable[..., object]:
         return trio.run(watched, clock=trio.testing.MockClock(autojump_threshold=0))
 
     return run
+
+
+@pytest.fixture
+def standin_gpio(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """``RPi.GPIO`` is the stand-in of tests/hw/standin (edge callbacks on its own thread)."""
+    for m in [m for m in sys.modules if m == "RPi" or m.startswith("RPi.")]:
+        monkeypatch.delitem(sys.modules, m)
+    monkeypatch.syspath_prepend(str(HERE / "standin"))
+    import RPi.GPIO as gpio  # the stand-in
+
+    gpio._reset()
+    yield gpio
+    gpio._reset()
+    for m in [m for m in sys.modules if m == "RPi" or m.startswith("RPi.")]:
+        del sys.modules[m]
 
 
 def wall() -> float:

@@ -224,20 +224,6 @@ def test_unknown_led_pattern_is_an_error() -> None:
 
 
 # -- the real backend against a stand-in RPi.GPIO ----------------------------------------
-@pytest.fixture
-def standin_gpio(monkeypatch: pytest.MonkeyPatch) -> Any:
-    for m in [m for m in sys.modules if m == "RPi" or m.startswith("RPi.")]:
-        monkeypatch.delitem(sys.modules, m)
-    monkeypatch.syspath_prepend(str(HERE / "standin"))
-    import RPi.GPIO as gpio  # the stand-in
-
-    gpio._reset()
-    yield gpio
-    gpio._reset()
-    for m in [m for m in sys.modules if m == "RPi" or m.startswith("RPi.")]:
-        del sys.modules[m]
-
-
 def test_rpi_button_edges_from_gpio_thread(standin_gpio: Any, run_trio) -> None:
     gpio = standin_gpio
     pin = 17
