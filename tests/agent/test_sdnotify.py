@@ -148,17 +148,14 @@ def test_watchdog_interval(receiver: Receiver, monkeypatch: pytest.MonkeyPatch) 
         assert Notifier().watchdog_interval() is None
 
 
-def test_run_watchdog_returns_when_off(receiver: Receiver) -> None:
-    async def main() -> float | None:
-        async with trio.open_nursery() as nursery:
-            return await nursery.start(run_watchdog, Notifier())
-
-    assert trio.run(main) is None
+async def test_run_watchdog_returns_when_off(receiver: Receiver) -> None:
+    async with trio.open_nursery() as nursery:
+        assert await nursery.start(run_watchdog, Notifier()) is None
     receiver.recv_none()
 
 
-def test_watchdog_pings_stop_while_the_loop_is_blocked(receiver: Receiver,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_watchdog_pings_stop_while_the_loop_is_blocked(receiver: Receiver,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WATCHDOG_USEC", "200000")  # ping every 0.1 s
     got: list[Datagram] = []
     stop = threading.Event()
@@ -173,8 +170,7 @@ def test_watchdog_pings_stop_while_the_loop_is_blocked(receiver: Receiver,
     thread = threading.Thread(target=drain, daemon=True)
     thread.start()
     marks: dict[str, float] = {}
-
-    async def main() -> None:
+    try:
         async with trio.open_nursery() as nursery:
             interval = await nursery.start(run_watchdog, Notifier())
             assert interval == pytest.approx(0.1)
@@ -186,9 +182,6 @@ def test_watchdog_pings_stop_while_the_loop_is_blocked(receiver: Receiver,
             await trio.sleep(1.0)
             marks["end"] = time.time()
             nursery.cancel_scope.cancel()
-
-    try:
-        trio.run(main)
     finally:
         stop.set()
         thread.join(5)

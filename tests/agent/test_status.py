@@ -116,6 +116,7 @@ class FakeHandle:
 
     def __init__(self) -> None:
         self.published: list[tuple[str, bytes]] = []
+        self.published_at: list[float] = []  # trio time of each publication
         self.subscribed: list[str] = []
 
     async def subscribe(self, topic: str) -> None:
@@ -123,11 +124,13 @@ class FakeHandle:
 
     async def publish(self, topic: str, data: bytes) -> None:
         self.published.append((topic, data))
+        self.published_at.append(trio.current_time())
 
 
 async def test_publisher_interval_change_and_coalescing(autojump_clock) -> None:
     """On trio's autojump clock, so the timing below is exact and the test is instant."""
     h = FakeHandle()
+    t0 = trio.current_time()
     peers: list[str] = []
     status = Status(StatusConfig(interval_s=10.0, stale_after_s=30.0), h, "pi-a", PEER_A,
                     lambda: LocalFigures(state="ok", peers=list(peers)))
@@ -155,7 +158,12 @@ async def test_publisher_interval_change_and_coalescing(autojump_clock) -> None:
         status.reconfigure(StatusConfig(interval_s=1.0, stale_after_s=3.0))
         await trio.sleep(5.05)
         assert 6 <= len(h.published) <= 8
+        # Exactly: the publisher wakes from its 1 s coalescing pause at 11.0 (the change was at
+        # 10.6), takes the new interval (next tick 12.0), ticks at 12, 13, 14 and 15; we read at 15.65.
+        assert len(h.published) == 7
         n.cancel_scope.cancel()
+    # start; the change (after the 1 s coalescing pause); ticks at 10 s, then every second from 12 s
+    assert [t - t0 for t in h.published_at] == pytest.approx([0, 1, 10, 12, 13, 14, 15], abs=1e-9)
     for topic, data in h.published:
         assert topic == "avi/status" and len(data) < 4096
         body = json.loads(data)

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,48 +65,6 @@ def alsa_conf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AlsaC
 
 
 @pytest.fixture
-def run_trio() -> Callable[..., object]:
-    """Run an async test body under trio with a hard bound (wall clock, or MockClock time)."""
-    import trio
-    import trio.testing
-
-    def run(fn: Callable[..., object], *args: object, timeout: float = 20.0,
-            mock_clock: bool = False) -> object:
-        """``mock_clock``: run on trio's MockClock, which jumps ahead whenever every task
-        waits, so a body that waits only on trio's clock (fakes, patterns, debounce) sees exact
-        times however busy the machine is. The bound is then on the wall clock (a trio deadline
-        would be jumped to while a task waits for a worker thread, e.g. a fake's file I/O)."""
-        if not mock_clock:
-            async def bounded() -> object:
-                with trio.fail_after(timeout):
-                    return await fn(*args)  # type: ignore[misc]
-
-            return trio.run(bounded)
-
-        async def watched() -> object:
-            token = trio.lowlevel.current_trio_token()
-            done = threading.Event()
-            with trio.CancelScope() as scope:
-                def watchdog() -> None:
-                    if not done.wait(timeout):
-                        try:
-                            trio.from_thread.run_sync(scope.cancel, trio_token=token)
-                        except trio.RunFinishedError:
-                            pass
-
-                threading.Thread(target=watchdog, name="run_trio-watchdog", daemon=True).start()
-                try:
-                    return await fn(*args)  # type: ignore[misc]
-                finally:
-                    done.set()
-            raise TimeoutError(f"test body still running after {timeout} s (wall clock)")
-
-        return trio.run(watched, clock=trio.testing.MockClock(autojump_threshold=0))
-
-    return run
-
-
-@pytest.fixture
 def standin_gpio(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """``RPi.GPIO`` is the stand-in of tests/hw/standin (edge callbacks on its own thread)."""
     for m in [m for m in sys.modules if m == "RPi" or m.startswith("RPi.")]:
@@ -121,7 +77,3 @@ def standin_gpio(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     gpio._reset()
     for m in [m for m in sys.modules if m == "RPi" or m.startswith("RPi.")]:
         del sys.modules[m]
-
-
-def wall() -> float:
-    return time.monotonic()

@@ -34,53 +34,41 @@ def pattern(frames: int, seed: int = 1) -> bytes:
     return random.Random(seed).randbytes(frames * FMT.frame_bytes)
 
 
-def test_playback_round_trip_sample_for_sample(alsa_conf, tmp_path: Path, run_trio) -> None:
+async def test_playback_round_trip_sample_for_sample(alsa_conf, tmp_path: Path, hang_guard) -> None:
     out = tmp_path / "played.raw"
     alsa_conf.file_pcm("spk", outfile=out)
     data = pattern(60)
-
-    async def main() -> Any:
-        async with AlsaPlayback("spk", FMT) as sink:
-            assert isinstance(sink, AudioSink)
-            for i in range(60):
-                await sink.write(data[i * FMT.frame_bytes : (i + 1) * FMT.frame_bytes])
-            return sink.stats()
-
-    st = run_trio(main)
+    async with AlsaPlayback("spk", FMT) as sink:
+        assert isinstance(sink, AudioSink)
+        for i in range(60):
+            await sink.write(data[i * FMT.frame_bytes : (i + 1) * FMT.frame_bytes])
+        st = sink.stats()
     assert out.read_bytes() == data
     assert st.frames == 60 and st.xruns == 0 and st.device_errors == 0 and st.state == "open"
 
 
-def test_playback_accepts_odd_sized_writes(alsa_conf, tmp_path: Path, run_trio) -> None:
+async def test_playback_accepts_odd_sized_writes(alsa_conf, tmp_path: Path, hang_guard) -> None:
     out = tmp_path / "played.raw"
     alsa_conf.file_pcm("spk", outfile=out)
     data = pattern(10, seed=7)
     cuts = [0, 2, 1000, 1002, 3000, len(data)]
-
-    async def main() -> None:
-        async with AlsaPlayback("spk", FMT) as sink:
-            for a, b in zip(cuts, cuts[1:]):
-                await sink.write(data[a:b])
-            with pytest.raises(ValueError, match="whole number"):
-                await sink.write(b"\x00")
-
-    run_trio(main)
+    async with AlsaPlayback("spk", FMT) as sink:
+        for a, b in zip(cuts, cuts[1:]):
+            await sink.write(data[a:b])
+        with pytest.raises(ValueError, match="whole number"):
+            await sink.write(b"\x00")
     assert out.read_bytes() == data
 
 
-def test_capture_round_trip_sample_for_sample(alsa_conf, tmp_path: Path, run_trio) -> None:
+async def test_capture_round_trip_sample_for_sample(alsa_conf, tmp_path: Path, hang_guard) -> None:
     infile = tmp_path / "mic.raw"
     data = pattern(50, seed=3)
     infile.write_bytes(data)
     alsa_conf.file_pcm("mic", infile=infile)
-
-    async def main() -> Any:
-        async with AlsaCapture("mic", FMT) as src:
-            assert isinstance(src, AudioSource)
-            frames = [await src.read() for _ in range(50)]
-            return frames, src.stats(), src.actual
-
-    frames, st, actual = run_trio(main)
+    async with AlsaCapture("mic", FMT) as src:
+        assert isinstance(src, AudioSource)
+        frames = [await src.read() for _ in range(50)]
+        st, actual = src.stats(), src.actual
     assert all(len(f.pcm) == FMT.frame_bytes for f in frames)
     assert b"".join(f.pcm for f in frames) == data
     assert st.frames == 50 and st.xruns == 0
@@ -91,48 +79,36 @@ def test_capture_round_trip_sample_for_sample(alsa_conf, tmp_path: Path, run_tri
     assert now_us - 60_000_000 < ts[0] <= now_us  # CLOCK_MONOTONIC microseconds
 
 
-def test_capture_then_play_through_alsa(alsa_conf, tmp_path: Path, run_trio) -> None:
+async def test_capture_then_play_through_alsa(alsa_conf, tmp_path: Path, hang_guard) -> None:
     """Capture from one PCM and play into another: what comes out is what went in."""
     infile, out = tmp_path / "in.raw", tmp_path / "out.raw"
     data = pattern(25, seed=11)
     infile.write_bytes(data)
     alsa_conf.file_pcm("mic", infile=infile)
     alsa_conf.file_pcm("spk", outfile=out)
-
-    async def main() -> None:
-        async with AlsaCapture("mic") as src, AlsaPlayback("spk") as sink:
-            for _ in range(25):
-                await sink.write((await src.read()).pcm)
-
-    run_trio(main)
+    async with AlsaCapture("mic") as src, AlsaPlayback("spk") as sink:
+        for _ in range(25):
+            await sink.write((await src.read()).pcm)
     assert out.read_bytes() == data
 
 
-def test_missing_device_names_it_and_lists_pcms(alsa_conf, run_trio) -> None:
+async def test_missing_device_names_it_and_lists_pcms(alsa_conf, hang_guard) -> None:
     alsa_conf.file_pcm("mic_that_exists", infile=Path("/dev/zero"))
-
-    async def main() -> None:
+    with pytest.raises(DeviceNotFoundError) as ei:
         async with AlsaCapture("usb_mic_unplugged"):
             pass
-
-    with pytest.raises(DeviceNotFoundError) as ei:
-        run_trio(main)
     msg = str(ei.value)
     assert "usb_mic_unplugged" in msg
     assert "mic_that_exists" in msg and "null" in msg
     assert "mic_that_exists" in ei.value.available
 
 
-def test_format_refused_names_asked_and_given(alsa_conf, run_trio) -> None:
+async def test_format_refused_names_asked_and_given(alsa_conf, hang_guard) -> None:
     # lfloat with an S16 slave only takes float samples from its client.
     alsa_conf.define("floatonly", 'type lfloat; slave { pcm "null"; format S16_LE }')
-
-    async def main() -> None:
+    with pytest.raises(FormatNotSupportedError) as ei:
         async with AlsaPlayback("floatonly"):
             pass
-
-    with pytest.raises(FormatNotSupportedError) as ei:
-        run_trio(main)
     msg = str(ei.value)
     assert "floatonly" in msg
     assert "asked S16_LE 16000 Hz 1 ch" in msg
@@ -140,16 +116,12 @@ def test_format_refused_names_asked_and_given(alsa_conf, run_trio) -> None:
     assert "FLOAT_LE" in ei.value.offered
 
 
-def test_channel_count_refused(alsa_conf, run_trio) -> None:
+async def test_channel_count_refused(alsa_conf, hang_guard) -> None:
     # vdownmix only takes 4 to 6 channels from its client.
     alsa_conf.define("fourch", 'type vdownmix; slave.pcm "null"')
-
-    async def main() -> None:
+    with pytest.raises(FormatNotSupportedError) as ei:
         async with AlsaCapture("fourch"):
             pass
-
-    with pytest.raises(FormatNotSupportedError) as ei:
-        run_trio(main)
     assert "1 ch" in ei.value.asked and "4 ch" in ei.value.got
 
 
@@ -184,7 +156,7 @@ class XrunPCM:
         return getattr(self._real, name)
 
 
-def test_xruns_are_recovered_and_counted(alsa_conf, tmp_path: Path, run_trio) -> None:
+async def test_xruns_are_recovered_and_counted(alsa_conf, tmp_path: Path, hang_guard) -> None:
     infile, out = tmp_path / "in.raw", tmp_path / "out.raw"
     data = pattern(40, seed=5)
     infile.write_bytes(data)
@@ -197,15 +169,12 @@ def test_xruns_are_recovered_and_counted(alsa_conf, tmp_path: Path, run_trio) ->
         wrapped.append(w)
         return w
 
-    async def main() -> tuple[Any, Any]:
-        async with AlsaCapture("mic", pcm_factory=factory) as src, \
-                AlsaPlayback("spk", pcm_factory=factory) as sink:
-            frames = [await src.read() for _ in range(20)]
-            for f in frames:
-                await sink.write(f.pcm)
-            return src.stats(), sink.stats()
-
-    cst, pst = run_trio(main)
+    async with AlsaCapture("mic", pcm_factory=factory) as src, \
+            AlsaPlayback("spk", pcm_factory=factory) as sink:
+        frames = [await src.read() for _ in range(20)]
+        for f in frames:
+            await sink.write(f.pcm)
+        cst, pst = src.stats(), sink.stats()
     assert cst.xruns == 3 and cst.frames == 20 and cst.device_errors == 0
     assert pst.xruns == 3 and pst.frames == 20 and pst.device_errors == 0
     # Playback re-writes the frame an underrun refused: nothing is lost on that side.
@@ -230,7 +199,7 @@ class UnplugPCM:
         return getattr(self._real, name)
 
 
-def test_capture_device_vanishes_and_returns(alsa_conf, tmp_path: Path, run_trio) -> None:
+async def test_capture_device_vanishes_and_returns(alsa_conf, tmp_path: Path, hang_guard) -> None:
     infile = tmp_path / "in.raw"
     infile.write_bytes(pattern(50, seed=9))
     alsa_conf.file_pcm("mic", infile=infile)
@@ -242,93 +211,80 @@ def test_capture_device_vanishes_and_returns(alsa_conf, tmp_path: Path, run_trio
         opened.append(w)
         return w
 
-    async def main() -> Any:
-        async with AlsaCapture("mic", pcm_factory=factory, reopen_interval_s=0.05) as src:
-            for _ in range(4):
-                await src.read()
-            alsa_conf.remove("mic")  # the card is gone: re-opens fail for real
+    async with AlsaCapture("mic", pcm_factory=factory, reopen_interval_s=0.05) as src:
+        for _ in range(4):
+            await src.read()
+        alsa_conf.remove("mic")  # the card is gone: re-opens fail for real
 
-            async def replug() -> None:
-                await trio.sleep(0.3)  # an outage of a few re-open attempts (every 0.05 s)
-                with trio.fail_after(10):  # the failing read runs on a worker thread: wait for it
-                    while src.stats().state != "recovering":
-                        await trio.sleep(0.01)
-                alsa_conf.file_pcm("mic", infile=infile)
+        async def replug() -> None:
+            await trio.sleep(0.3)  # an outage of a few re-open attempts (every 0.05 s)
+            with trio.fail_after(10):  # the failing read runs on a worker thread: wait for it
+                while src.stats().state != "recovering":
+                    await trio.sleep(0.01)
+            alsa_conf.file_pcm("mic", infile=infile)
 
-            async with trio.open_nursery() as n:
-                n.start_soon(replug)
-                frame = await src.read()  # waits through the outage
-            assert len(frame.pcm) == FMT.frame_bytes
-            return src.stats()
-
-    st = run_trio(main)
+        async with trio.open_nursery() as n:
+            n.start_soon(replug)
+            frame = await src.read()  # waits through the outage
+        assert len(frame.pcm) == FMT.frame_bytes
+        st = src.stats()
     assert st.device_errors == 1 and st.reopens == 1 and st.state == "open"
     assert st.frames == 5
     assert len(opened) == 2
 
 
-def test_playback_device_failing_is_reported_and_retried(alsa_conf, tmp_path: Path, run_trio) -> None:
+async def test_playback_device_failing_is_reported_and_retried(alsa_conf, tmp_path: Path, hang_guard) -> None:
     # Writing to /dev/full makes the file plugin fail with EIO once its buffer fills:
     # a real run-time device error. Then the "card" comes back as a normal file.
     alsa_conf.file_pcm("spk", outfile="/dev/full")
     out = tmp_path / "after.raw"
     frame = pattern(1, seed=2)
 
-    async def main() -> Any:
-        async with AlsaPlayback("spk", reopen_interval_s=0.05) as sink:
-            for _ in range(30):
-                await sink.write(frame)
-                if sink.stats().device_errors:
-                    break
-            assert sink.stats().device_errors >= 1
-            alsa_conf.file_pcm("spk", outfile=out)
-            with trio.fail_after(5):
-                while sink.stats().reopens == 0:
-                    await sink.write(frame)  # paced during the outage, counted as dropped
-            for _ in range(5):
-                await sink.write(frame)
-            return sink.stats()
-
-    st = run_trio(main)
+    async with AlsaPlayback("spk", reopen_interval_s=0.05) as sink:
+        for _ in range(30):
+            await sink.write(frame)
+            if sink.stats().device_errors:
+                break
+        assert sink.stats().device_errors >= 1
+        alsa_conf.file_pcm("spk", outfile=out)
+        with trio.fail_after(5):
+            while sink.stats().reopens == 0:
+                await sink.write(frame)  # paced during the outage, counted as dropped
+        for _ in range(5):
+            await sink.write(frame)
+        st = sink.stats()
     assert st.device_errors == 1 and st.reopens == 1 and st.state == "open"
     assert st.dropped >= 1
     assert out.read_bytes().startswith(frame * 5)
 
 
-def test_closed_device_refuses_io(alsa_conf, tmp_path: Path, run_trio) -> None:
+async def test_closed_device_refuses_io(alsa_conf, tmp_path: Path, hang_guard) -> None:
     alsa_conf.file_pcm("spk", outfile=tmp_path / "o.raw")
-
-    async def main() -> None:
-        sink = AlsaPlayback("spk")
-        with pytest.raises(DeviceClosedError):
-            await sink.write(bytes(FMT.frame_bytes))
-        async with sink:
-            await sink.write(bytes(FMT.frame_bytes))
-        assert sink.stats().state == "closed"
-        with pytest.raises(DeviceClosedError):
-            await sink.write(bytes(FMT.frame_bytes))
-
-    run_trio(main)
+    sink = AlsaPlayback("spk")
+    with pytest.raises(DeviceClosedError):
+        await sink.write(bytes(FMT.frame_bytes))
+    async with sink:
+        await sink.write(bytes(FMT.frame_bytes))
+    assert sink.stats().state == "closed"
+    with pytest.raises(DeviceClosedError):
+        await sink.write(bytes(FMT.frame_bytes))
 
 
 def test_alsa_config_env_is_private_to_the_test(alsa_conf) -> None:
     assert os.environ["ALSA_CONFIG_PATH"] == str(alsa_conf.path)
 
 
-def test_capture_faster_than_real_time_is_paced(alsa_conf, tmp_path: Path, run_trio) -> None:
+async def test_capture_faster_than_real_time_is_paced(alsa_conf, tmp_path: Path, hang_guard) -> None:
     """A file/null capture PCM returns at once (no sound card paces it): AlsaCapture paces it to
     the clock instead of letting its reader spin, with frame timestamps one frame apart."""
     infile = tmp_path / "mic.raw"
     infile.write_bytes(pattern(100, seed=4))
     alsa_conf.file_pcm("mic", infile=infile)
 
-    async def main() -> Any:
-        async with AlsaCapture("mic", FMT) as src:
-            t0 = trio.current_time()
-            frames = [await src.read() for _ in range(60)]
-            return trio.current_time() - t0, frames, src.paced
-
-    took, frames, paced = run_trio(main)
+    async with AlsaCapture("mic", FMT) as src:
+        t0 = trio.current_time()
+        frames = [await src.read() for _ in range(60)]
+        took, paced = trio.current_time() - t0, src.paced
     assert paced
     # A lower bound (a busy machine only makes it longer): 60 frames of 20 ms, less the device
     # buffer (4 periods) it may run ahead, less one.

@@ -91,49 +91,36 @@ def test_factories_build_fakes(tmp_path: Path) -> None:
         assert isinstance(obj, proto)
 
 
-def test_factory_alsa_backend(alsa_conf, tmp_path: Path, run_trio) -> None:
+async def test_factory_alsa_backend(alsa_conf, tmp_path: Path, hang_guard) -> None:
     out = tmp_path / "o.raw"
     alsa_conf.file_pcm("spk", outfile=out)
     cfg = AudioConfig(backend="alsa", playback_device="spk", capture_device="nothere")
-
-    async def main() -> None:
-        async with open_audio_sink(cfg) as sink:
-            await sink.write(b"\x01\x02" * 320)
-        with pytest.raises(Exception, match="nothere"):
-            async with open_audio_source(cfg):
-                pass
-
-    run_trio(main)
+    async with open_audio_sink(cfg) as sink:
+        await sink.write(b"\x01\x02" * 320)
+    with pytest.raises(Exception, match="nothere"):
+        async with open_audio_source(cfg):
+            pass
     assert out.read_bytes() == b"\x01\x02" * 320
 
 
-def test_factory_fake_button_script_and_injection(run_trio) -> None:
+async def test_factory_fake_button_script_and_injection(hang_guard) -> None:
     g = GpioConfig(fake_presses=[{"at_s": 0.02, "duration_s": 0.1}], debounce_ms=10, long_press_s=5)
     a = AudioConfig(xrun_injection={"at_frames": [0]})
-
-    async def main() -> Any:
-        async with open_button(g) as b:
-            kinds = []
-            async for ev in b.events():
-                kinds.append(ev.kind)
-                if len(kinds) == 2:
-                    break
-        async with open_audio_source(a) as s:
-            await s.read()
-            st = s.stats()
-        return kinds, st
-
-    kinds, st = run_trio(main)
+    async with open_button(g) as b:
+        kinds = []
+        async for ev in b.events():
+            kinds.append(ev.kind)
+            if len(kinds) == 2:
+                break
+    async with open_audio_source(a) as s:
+        await s.read()
+        st = s.stats()
     assert kinds == ["pressed", "released"]
     assert st.xruns == 1
 
 
-def test_rpi_backend_off_pi_is_clear(monkeypatch: pytest.MonkeyPatch, run_trio) -> None:
+async def test_rpi_backend_off_pi_is_clear(monkeypatch: pytest.MonkeyPatch, hang_guard) -> None:
     monkeypatch.setitem(sys.modules, "RPi", None)
-
-    async def main() -> None:
+    with pytest.raises(GpioUnavailableError, match="fake"):
         async with open_button(GpioConfig(backend="rpi")):
             pass
-
-    with pytest.raises(GpioUnavailableError, match="fake"):
-        run_trio(main)

@@ -141,17 +141,14 @@ async def collect(button: Any, n: int, t0: float) -> list[tuple[str, float]]:
     return out
 
 
-def test_fake_button_script_bounce_and_long_press(run_trio) -> None:
-    async def main() -> Any:
-        t0 = trio.current_time()
-        async with FakeButton([(0.05, 0.15), (0.3, 0.7)], long_press_s=0.5,
-                              debounce_s=0.02, bounce_s=0.004, seed=3) as b:
-            assert isinstance(b, Button)
-            evs = await collect(b, 5, t0)
-            assert b.script_done.is_set()
-            return evs, b.stats()
-
-    evs, stats = run_trio(main, mock_clock=True)
+async def test_fake_button_script_bounce_and_long_press(autojump_clock, hang_guard) -> None:
+    t0 = trio.current_time()
+    async with FakeButton([(0.05, 0.15), (0.3, 0.7)], long_press_s=0.5,
+                          debounce_s=0.02, bounce_s=0.004, seed=3) as b:
+        assert isinstance(b, Button)
+        evs = await collect(b, 5, t0)
+        assert b.script_done.is_set()
+        stats = b.stats()
     assert [k for k, _ in evs] == ["pressed", "released", "pressed", "long_press", "released"]
     # Each event carries the time of the contact's first edge (long press: press + 0.5 s).
     expect = [0.05, 0.20, 0.30, 0.80, 1.00]
@@ -160,24 +157,21 @@ def test_fake_button_script_bounce_and_long_press(run_trio) -> None:
     assert stats.events == 5  # ... and collapsed
 
 
-def test_fake_button_by_hand_and_pressed_state(run_trio) -> None:
-    async def main() -> None:
-        async with FakeButton(debounce_s=0.01, long_press_s=5) as b:
-            assert not b.pressed
-            await b.press()
-            with trio.fail_after(2):
-                async for ev in b.events():
-                    assert ev.kind == "pressed"
-                    break
-            assert b.pressed
-            await b.release()
-            with trio.fail_after(2):
-                async for ev in b.events():
-                    assert ev.kind == "released"
-                    break
-            assert not b.pressed
-
-    run_trio(main, mock_clock=True)
+async def test_fake_button_by_hand_and_pressed_state(autojump_clock, hang_guard) -> None:
+    async with FakeButton(debounce_s=0.01, long_press_s=5) as b:
+        assert not b.pressed
+        await b.press()
+        with trio.fail_after(2):
+            async for ev in b.events():
+                assert ev.kind == "pressed"
+                break
+        assert b.pressed
+        await b.release()
+        with trio.fail_after(2):
+            async for ev in b.events():
+                assert ev.kind == "released"
+                break
+        assert not b.pressed
 
 
 def test_fake_button_rejects_overlapping_script() -> None:
@@ -185,24 +179,21 @@ def test_fake_button_rejects_overlapping_script() -> None:
         FakeButton([(0.0, 1.0), (0.5, 1.0)])
 
 
-def test_led_pattern_timeline(run_trio) -> None:
-    async def main() -> Any:
-        t0 = trio.current_time()
-        async with FakeLed("error") as led:
-            assert isinstance(led, Led)
-            # Pattern changes fall between blink steps (a change at the very instant of a step
-            # may come before or after it: both are right, but not exact).
-            await trio.sleep(0.55)
-            led.set_pattern("transmitting")
-            await trio.sleep(0.2)
-            led.set_pattern("receiving")
-            await trio.sleep(0.6)
-            led.set_pattern("off")
-            await trio.sleep(0.1)
-            assert not led.is_on
-        return [(t - t0, on) for t, on in led.timeline]
-
-    tl = run_trio(main, mock_clock=True)
+async def test_led_pattern_timeline(autojump_clock, hang_guard) -> None:
+    t0 = trio.current_time()
+    async with FakeLed("error") as led:
+        assert isinstance(led, Led)
+        # Pattern changes fall between blink steps (a change at the very instant of a step
+        # may come before or after it: both are right, but not exact).
+        await trio.sleep(0.55)
+        led.set_pattern("transmitting")
+        await trio.sleep(0.2)
+        led.set_pattern("receiving")
+        await trio.sleep(0.6)
+        led.set_pattern("off")
+        await trio.sleep(0.1)
+        assert not led.is_on
+    tl = [(t - t0, on) for t, on in led.timeline]
     states = [on for _, on in tl]
     assert all(a != b for a, b in zip(states, states[1:]))  # only real changes are recorded
     err = [t for t, on in tl if t < 0.55]
@@ -224,7 +215,7 @@ def test_unknown_led_pattern_is_an_error() -> None:
 
 
 # -- the real backend against a stand-in RPi.GPIO ----------------------------------------
-def test_rpi_button_edges_from_gpio_thread(standin_gpio: Any, run_trio) -> None:
+async def test_rpi_button_edges_from_gpio_thread(standin_gpio: Any, hang_guard) -> None:
     gpio = standin_gpio
     pin = 17
 
@@ -233,24 +224,21 @@ def test_rpi_button_edges_from_gpio_thread(standin_gpio: Any, run_trio) -> None:
         for lv in (level, 1 - level, level, 1 - level, level):
             gpio._drive(pin, lv)
 
-    async def main() -> Any:
-        t0 = trio.current_time()
-        async with RpiButton(pin, pull_up=True, active_low=True, debounce_s=0.02,
-                             long_press_s=0.3) as b:
-            assert gpio._state(pin)["pud"] == gpio.PUD_UP
-            assert not b.pressed  # pulled up, active low: idle reads high
-            async with trio.open_nursery() as n:
-                async def physical() -> None:
-                    await trio.sleep(0.05)
-                    await trio.to_thread.run_sync(bounce, 0)  # press (to ground)
-                    await trio.sleep(0.5)
-                    await trio.to_thread.run_sync(bounce, 1)  # release
+    t0 = trio.current_time()
+    async with RpiButton(pin, pull_up=True, active_low=True, debounce_s=0.02,
+                         long_press_s=0.3) as b:
+        assert gpio._state(pin)["pud"] == gpio.PUD_UP
+        assert not b.pressed  # pulled up, active low: idle reads high
+        async with trio.open_nursery() as n:
+            async def physical() -> None:
+                await trio.sleep(0.05)
+                await trio.to_thread.run_sync(bounce, 0)  # press (to ground)
+                await trio.sleep(0.5)
+                await trio.to_thread.run_sync(bounce, 1)  # release
 
-                n.start_soon(physical)
-                evs = await collect(b, 3, t0)
-            return evs, b.stats()
-
-    evs, stats = run_trio(main)
+            n.start_soon(physical)
+            evs = await collect(b, 3, t0)
+        stats = b.stats()
     assert [k for k, _ in evs] == ["pressed", "long_press", "released"]
     assert stats.edges == 10 and stats.events == 3
     assert gpio.callback_threads == {"RPi.GPIO-events"}
@@ -258,77 +246,57 @@ def test_rpi_button_edges_from_gpio_thread(standin_gpio: Any, run_trio) -> None:
     assert gpio._state(pin) is None and pin in gpio.cleaned  # cleaned up on exit
 
 
-def test_rpi_button_active_high_pull_down(standin_gpio: Any, run_trio) -> None:
+async def test_rpi_button_active_high_pull_down(standin_gpio: Any, hang_guard) -> None:
     gpio = standin_gpio
-
-    async def main() -> Any:
-        async with RpiButton(5, pull_up=False, active_low=False, debounce_s=0.01) as b:
-            assert gpio._state(5)["pud"] == gpio.PUD_DOWN
-            await trio.to_thread.run_sync(gpio._drive, 5, 1)
-            with trio.fail_after(5):
-                async for ev in b.events():
-                    return ev.kind
-
-    assert run_trio(main) == "pressed"
+    async with RpiButton(5, pull_up=False, active_low=False, debounce_s=0.01) as b:
+        assert gpio._state(5)["pud"] == gpio.PUD_DOWN
+        await trio.to_thread.run_sync(gpio._drive, 5, 1)
+        with trio.fail_after(5):
+            async for ev in b.events():
+                break
+    assert ev.kind == "pressed"
 
 
-def test_rpi_led_drives_pin_and_cleans_up(standin_gpio: Any, run_trio) -> None:
-    gpio = standin_gpio
-
-    async def main() -> list[int]:
-        async with RpiLed(27, initial="off") as led:
-            led.set_pattern("on")
-            await trio.sleep(0.05)
-            assert gpio._state(27)["level"] == 1
-            led.set_pattern("error")
-            await trio.sleep(0.35)
-            hist = list(gpio._state(27)["history"])
-        return hist
-
-    hist = run_trio(main, mock_clock=True)  # the LED writes pins from trio: exact on MockClock
+async def test_rpi_led_drives_pin_and_cleans_up(standin_gpio: Any, autojump_clock, hang_guard) -> None:
+    gpio = standin_gpio  # the LED writes pins from trio: exact on MockClock
+    async with RpiLed(27, initial="off") as led:
+        led.set_pattern("on")
+        await trio.sleep(0.05)
+        assert gpio._state(27)["level"] == 1
+        led.set_pattern("error")
+        await trio.sleep(0.35)
+        hist = list(gpio._state(27)["history"])
     assert hist[0] == 1 and hist.count(1) >= 2 and 0 in hist  # on, then blinking
     assert hist == [1, 0, 1, 0]  # on at 0; error from 0.05: off 0.15, on 0.25, off 0.35; read at 0.40
     assert gpio._state(27) is None and 27 in gpio.cleaned
 
 
-def test_rpi_led_active_low(standin_gpio: Any, run_trio) -> None:
+async def test_rpi_led_active_low(standin_gpio: Any, autojump_clock, hang_guard) -> None:
     gpio = standin_gpio
-
-    async def main() -> None:
-        async with RpiLed(22, active_low=True) as led:
-            assert gpio._state(22)["level"] == 1  # off = high
-            led.set_pattern("on")
-            await trio.sleep(0.05)
-            assert gpio._state(22)["level"] == 0
-
-    run_trio(main, mock_clock=True)
+    async with RpiLed(22, active_low=True) as led:
+        assert gpio._state(22)["level"] == 1  # off = high
+        led.set_pattern("on")
+        await trio.sleep(0.05)
+        assert gpio._state(22)["level"] == 0
 
 
-def test_off_pi_error_says_use_fake(monkeypatch: pytest.MonkeyPatch, run_trio) -> None:
+async def test_off_pi_error_says_use_fake(monkeypatch: pytest.MonkeyPatch, hang_guard) -> None:
     for m in [m for m in sys.modules if m == "RPi" or m.startswith("RPi.")]:
         monkeypatch.delitem(sys.modules, m)
     monkeypatch.syspath_prepend(str(HERE / "offpi"))
-
-    async def main() -> None:
+    with pytest.raises(GpioUnavailableError) as ei:
         async with RpiButton(17):
             pass
-
-    with pytest.raises(GpioUnavailableError) as ei:
-        run_trio(main)
     msg = str(ei.value)
     assert "only be run on a Raspberry Pi" in msg and "fake" in msg
     for m in [m for m in sys.modules if m == "RPi" or m.startswith("RPi.")]:
         del sys.modules[m]
 
 
-def test_missing_library_error_says_use_fake(monkeypatch: pytest.MonkeyPatch, run_trio) -> None:
+async def test_missing_library_error_says_use_fake(monkeypatch: pytest.MonkeyPatch, hang_guard) -> None:
     for m in [m for m in sys.modules if m == "RPi" or m.startswith("RPi.")]:
         monkeypatch.delitem(sys.modules, m)
     monkeypatch.setitem(sys.modules, "RPi", None)  # as if not installed
-
-    async def main() -> None:
+    with pytest.raises(GpioUnavailableError, match="rpi-lgpio.*fake"):
         async with RpiLed(27):
             pass
-
-    with pytest.raises(GpioUnavailableError, match="rpi-lgpio.*fake"):
-        run_trio(main)
