@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import trio
+import trio.testing
 
 from agent.talk.codec import (PCM_S16LE, CodecError, PcmS16le, known_codecs, make_codec,
                               register_codec)
@@ -180,7 +181,7 @@ async def test_drop_oldest_queue_never_blocks_the_producer() -> None:
 
     async with trio.open_nursery() as n:
         n.start_soon(consumer)
-        await trio.sleep(0.01)
+        await trio.testing.wait_all_tasks_blocked()  # the consumer is waiting in get(), not a guess
         assert got == []  # waits while empty
         q.put_nowait(42)
     assert got == [42]
