@@ -12,18 +12,15 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING
-
 import trio
 from libp2p.abc import INetStream
 
 from . import audio_protocol as ap
 from .compat import STREAM_ERRORS, read_some
+from .config import AviP2pConfig
+from .eventqueue import EventQueue
 from .events import AudioData, AudioStreamAccepted, PeerId, StreamId
 from .frames import MAX_PAYLOAD, Codec
-
-if TYPE_CHECKING:
-    from .node import AviP2p
 
 log = logging.getLogger("agent.mesh.audio")
 
@@ -62,17 +59,20 @@ def now_us() -> int:
 
 
 class AudioSession:
-    def __init__(self, node: AviP2p, stream: INetStream, peer_id: PeerId, stream_id: StreamId,
-                 direction: Direction, conn: ap.AudioStreamConnection) -> None:
-        self.node = node
+    """Needs only the node's settings and its event queue (where it puts `AudioData` and
+    `AudioStreamAccepted`); the node runs it and emits `AudioStreamClosed` when `run()` returns."""
+
+    def __init__(self, config: AviP2pConfig, events: EventQueue, stream: INetStream, peer_id: PeerId,
+                 stream_id: StreamId, direction: Direction, conn: ap.AudioStreamConnection) -> None:
+        self._config = config
+        self._events = events
         self.stream = stream
         self.peer_id = peer_id
         self.stream_id = stream_id
         self.direction = direction
         self.conn = conn
-        cfg = node.config
         self._buffer: deque[tuple[bytes, int, int]] = deque()
-        self._buffer_max = cfg.audio_send_buffer
+        self._buffer_max = config.audio_send_buffer
         self._wake = trio.Event()
         self._write_lock = trio.Lock()
         self._scope = trio.CancelScope()
@@ -114,7 +114,7 @@ class AudioSession:
     async def write_control(self, data: bytes) -> None:
         """Write a control frame, bounded by the stream timeout."""
         async with self._write_lock:
-            with trio.move_on_after(self.node.config.stream_timeout) as cs:
+            with trio.move_on_after(self._config.stream_timeout) as cs:
                 await self.stream.write(data)
                 self.bytes_out += len(data)
             if cs.cancelled_caught:
@@ -183,7 +183,7 @@ class AudioSession:
                 log.debug("stream release: %s", exc)
 
     async def _reader(self) -> None:
-        cfg = self.node.config
+        cfg = self._config
         while True:
             timeout = cfg.request_timeout if self.awaiting_accept else cfg.stream_timeout
             with trio.move_on_after(timeout) as cs:
@@ -217,14 +217,13 @@ class AudioSession:
             log.debug("close frame not sent: %s", exc)
 
     async def _on_event(self, ev: object) -> None:
-        node = self.node
         match ev:
             case ap.DataReceived(sequence=seq, timestamp_us=ts, codec=codec, payload=payload):
                 self.frames_received += 1
-                node._queue_audio(AudioData(self.peer_id, self.stream_id, payload, seq, ts, int(codec)))
+                self._events.put_audio(AudioData(self.peer_id, self.stream_id, payload, seq, ts, int(codec)))
             case ap.StreamAccepted():
                 self._wake.set()
-                await node._emit(AudioStreamAccepted(self.peer_id, self.stream_id))
+                await self._events.put(AudioStreamAccepted(self.peer_id, self.stream_id))
             case ap.StreamRejected(reason=reason):
                 raise _Closing(f"rejected: {reason}")
             case ap.StreamClosed(reason=reason):
@@ -233,7 +232,7 @@ class AudioSession:
                 pass  # keepalives only prove liveness, which the read already did
 
     async def _writer(self) -> None:
-        interval = self.node.config.keepalive_interval
+        interval = self._config.keepalive_interval
         last_write = trio.current_time()
         while True:
             with trio.move_on_at(last_write + interval):

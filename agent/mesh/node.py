@@ -10,9 +10,10 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import multiaddr
 import trio
@@ -26,7 +27,7 @@ from libp2p.pubsub.pb import rpc_pb2
 from libp2p.tools.anyio_service import background_trio_service
 
 from . import audio_protocol as ap
-from .audio_session import AudioSession, Direction, StreamStats
+from .audio_session import AudioSession, Direction, StreamStats, now_us
 from .compat import (STREAM_ERRORS, DeliveringPubsub, DhtHost, all_loopback, check_port_free, close_host,
                      enable_tcp_liveness, forget_failed_dials, gossip_router, listen_multiaddr,
                      read_some, secure_host)
@@ -42,6 +43,7 @@ from .peering import choose_dials, dial_budget
 from .redial import RedialPolicy
 
 log = logging.getLogger("agent.mesh")
+T = TypeVar("T")
 
 # Messages waiting between GossipSub and the event queue. GossipSub hands them over without
 # waiting, so this is where a flood beyond the promised rate is cut (and counted).
@@ -852,7 +854,7 @@ class AviP2p:
                     log.debug("reject not sent: %s", exc)
             log.info("rejected audio stream from %s: %s", peer, refusal)
             return
-        session = AudioSession(self, stream, peer, sid, Direction.INCOMING, conn)
+        session = AudioSession(self.config, self._events, stream, peer, sid, Direction.INCOMING, conn)
         try:
             self._start_session(session)
         except NotRunningError:
@@ -865,6 +867,133 @@ class AviP2p:
         if session is None:
             raise UnknownStreamError(f"no audio stream {stream_id:x}")
         return session
+
+    # --- commands: what AviP2pHandle forwards to, each bounded by request_timeout -------------
+    async def _command(self, what: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run one command: at most `command_buffer` at once (extra callers wait), at most
+        `request_timeout` long, any failure raised as an `AviP2pError`."""
+        self._require_running()
+        async with self._commands:
+            try:
+                with trio.fail_after(self.config.request_timeout):
+                    return await fn(*args)
+            except trio.TooSlowError:
+                raise TimeoutError(f"{what} did not complete within {self.config.request_timeout:g} s") from None
+            except AviP2pError:
+                raise
+            except Exception as exc:
+                raise AviP2pError(f"{what} failed: {exc}") from exc
+
+    def listen_addresses(self) -> list[str]:
+        return list(self._listen_addrs)
+
+    def connected_peers(self) -> list[PeerId]:
+        return list(self._peers)
+
+    async def subscribe(self, topic: str) -> None:
+        async def go() -> None:
+            try:
+                await self._pubsub.subscribe(topic)
+            except Exception as exc:
+                raise PubSubError(f"subscribe to {topic!r} failed: {exc}") from exc
+            self._topics.add(topic)
+        await self._command("subscribe", go)
+
+    async def unsubscribe(self, topic: str) -> None:
+        async def go() -> None:
+            self._topics.discard(topic)
+            try:
+                await self._pubsub.unsubscribe(topic)
+            except Exception as exc:
+                raise PubSubError(f"unsubscribe from {topic!r} failed: {exc}") from exc
+        await self._command("unsubscribe", go)
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        async def go() -> None:
+            try:
+                await self._pubsub.publish(topic, data)
+            except Exception as exc:
+                raise PubSubError(f"publish to {topic!r} failed: {exc}") from exc
+            self._published += 1
+            self._bytes_out += len(data)
+        await self._command("publish", go)
+
+    async def dial(self, info: PeerInfo, address: str) -> PeerId:
+        """Connect to `info` (parsed from `address`) and wait for both sides' admission."""
+        peer = PeerId(info.peer_id.to_base58())
+        if peer == self.local_peer_id:
+            raise DialError("cannot dial ourselves")
+        if self._allowed and peer not in self._allowed:
+            raise NotAllowedError(f"{peer} is not in allowed_peers")
+
+        async def go() -> PeerId:
+            await self._connect(peer, info, address)
+            self._remember(peer, info)  # only now: a peer that refuses us is not redialled
+            return peer
+        return await self._command("dial", go)
+
+    def discover_peers(self) -> None:
+        self._require_running()
+        self._discover_now.set()
+
+    async def request_audio_stream(self, peer: PeerId) -> StreamId:
+        self._require_running()
+        info = None
+        if peer not in self._peers:
+            # Bounded degree: a peer we are not connected to is connected on demand, if its
+            # addresses are known (discovery, identify, DHT).
+            info = self._addresses_of(peer) if peer != self.local_peer_id else None
+            if info is None or (self._allowed and peer not in self._allowed):
+                raise UnknownPeerError(f"{peer} is not connected and its address is not known")
+        if len(self._sessions) >= self.config.max_audio_streams:
+            raise LimitError(f"max_audio_streams ({self.config.max_audio_streams}) reached")
+
+        async def go() -> StreamId:
+            if info is not None and peer not in self._peers:
+                try:
+                    await self._connect(peer, info, peer)
+                except DialError as exc:
+                    raise UnknownPeerError(f"{peer} is not connected, and connecting failed: {exc}") from None
+            try:
+                stream = await self._host.new_stream(ID.from_base58(peer), [PROTOCOL_ID])
+            except Exception as exc:
+                raise ProtocolError(f"cannot open an audio stream to {peer}: {exc}") from exc
+            sid = self._new_stream_id()
+            conn = ap.AudioStreamConnection(ap.Role.INITIATOR)
+            session = AudioSession(self.config, self._events, stream, peer, sid, Direction.OUTGOING, conn)
+            try:
+                await session.write_control(conn.request(sid))
+            except Exception as exc:
+                with trio.move_on_after(1.0):
+                    await stream.reset()
+                raise ProtocolError(f"audio stream request to {peer} failed: {exc}") from exc
+            self._start_session(session)
+            return sid
+        return await self._command("request_audio_stream", go)
+
+    def _awaiting_accept(self, stream_id: StreamId) -> AudioSession:
+        session = self._session(stream_id)
+        if session.direction is not Direction.INCOMING or not session.awaiting_accept:
+            raise ProtocolError(f"audio stream {stream_id:x} is not waiting to be accepted")
+        return session
+
+    async def accept_audio_stream(self, stream_id: StreamId) -> None:
+        session = self._awaiting_accept(stream_id)
+        await self._command("accept_audio_stream", session.accept)
+
+    async def reject_audio_stream(self, stream_id: StreamId, reason: str) -> None:
+        session = self._awaiting_accept(stream_id)
+        await self._command("reject_audio_stream", session.reject, reason)
+        await session.done.wait()
+
+    def send_audio(self, stream_id: StreamId, data: bytes, timestamp_us: int, codec: int) -> None:
+        self._require_running()
+        self._session(stream_id).queue_frame(data, timestamp_us, codec)
+
+    async def close_audio_stream(self, stream_id: StreamId) -> None:
+        session = self._session(stream_id)
+        await self._command("close_audio_stream", session.close, "normal")
+        await session.done.wait()
 
     def stats(self) -> NodeStats:
         sessions = tuple(s.stats() for s in self._sessions.values())
@@ -884,9 +1013,12 @@ class AviP2p:
         )
 
 
+
+
 class AviP2pHandle:
     """A cheap, copyable reference to a running node. Every call succeeds or raises an
-    `AviP2pError`; none waits on the network for longer than `request_timeout`."""
+    `AviP2pError`; none waits on the network for longer than `request_timeout`. The handle
+    checks its arguments and forwards to the node, which does the work."""
 
     __slots__ = ("_node",)
 
@@ -898,63 +1030,26 @@ class AviP2pHandle:
         return self._node.local_peer_id
 
     def listen_addresses(self) -> list[str]:
-        return list(self._node._listen_addrs)
+        return self._node.listen_addresses()
 
     def connected_peers(self) -> list[PeerId]:
-        return list(self._node._peers)
-
-    async def _call(self, what: str, coro_fn, *args):  # type: ignore[no-untyped-def]
-        node = self._node
-        node._require_running()
-        async with node._commands:  # bounded commands in flight: extra callers wait
-            try:
-                with trio.fail_after(node.config.request_timeout):
-                    return await coro_fn(*args)
-            except trio.TooSlowError:
-                raise TimeoutError(f"{what} did not complete within {node.config.request_timeout:g} s") from None
-            except AviP2pError:
-                raise
-            except Exception as exc:
-                raise AviP2pError(f"{what} failed: {exc}") from exc
+        return self._node.connected_peers()
 
     # pub/sub
     async def subscribe(self, topic: str) -> None:
         _check_topic(topic)
-
-        async def go() -> None:
-            try:
-                await self._node._pubsub.subscribe(topic)
-            except Exception as exc:
-                raise PubSubError(f"subscribe to {topic!r} failed: {exc}") from exc
-            self._node._topics.add(topic)
-        await self._call("subscribe", go)
+        await self._node.subscribe(topic)
 
     async def unsubscribe(self, topic: str) -> None:
         _check_topic(topic)
-
-        async def go() -> None:
-            self._node._topics.discard(topic)
-            try:
-                await self._node._pubsub.unsubscribe(topic)
-            except Exception as exc:
-                raise PubSubError(f"unsubscribe from {topic!r} failed: {exc}") from exc
-        await self._call("unsubscribe", go)
+        await self._node.unsubscribe(topic)
 
     async def publish(self, topic: str, data: bytes) -> None:
         _check_topic(topic)
-        node = self._node
-        if len(data) > node.config.max_message_size:
-            raise LimitError(f"message of {len(data)} bytes exceeds max_message_size "
-                             f"({node.config.max_message_size})")
-
-        async def go() -> None:
-            try:
-                await node._pubsub.publish(topic, bytes(data))
-            except Exception as exc:
-                raise PubSubError(f"publish to {topic!r} failed: {exc}") from exc
-            node._published += 1
-            node._bytes_out += len(data)
-        await self._call("publish", go)
+        limit = self._node.config.max_message_size
+        if len(data) > limit:
+            raise LimitError(f"message of {len(data)} bytes exceeds max_message_size ({limit})")
+        await self._node.publish(topic, bytes(data))
 
     # peers
     async def dial(self, address: str) -> PeerId:
@@ -963,92 +1058,34 @@ class AviP2pHandle:
             info = info_from_p2p_addr(multiaddr.Multiaddr(address))
         except Exception as exc:
             raise DialError(f"not a dialable multiaddr {address!r}: {exc}") from None
-        peer = PeerId(info.peer_id.to_base58())
-        node = self._node
-        if peer == node.local_peer_id:
-            raise DialError("cannot dial ourselves")
-        if node._allowed and peer not in node._allowed:
-            raise NotAllowedError(f"{peer} is not in allowed_peers")
-
-        async def go() -> PeerId:
-            await node._connect(peer, info, address)
-            node._remember(peer, info)  # only now: a peer that refuses us is not redialled
-            return peer
-        return await self._call("dial", go)
+        return await self._node.dial(info, address)
 
     async def discover_peers(self) -> None:
         """Start a discovery round now (bootstrap, DHT, known peers); results come as events."""
-        self._node._require_running()
-        self._node._discover_now.set()
+        self._node.discover_peers()
         await trio.lowlevel.checkpoint()  # (the round runs in the node's task)
 
     # audio streams
     async def request_audio_stream(self, peer: PeerId) -> StreamId:
         """Open an audio stream to `peer`. Frames sent before the peer accepts are queued (drop
         oldest); acceptance arrives as `AudioStreamAccepted`, refusal as `AudioStreamClosed`."""
-        node = self._node
-        node._require_running()
-        info = None
-        if peer not in node._peers:
-            # Bounded degree: a peer we are not connected to is connected on demand, if its
-            # addresses are known (discovery, identify, DHT).
-            info = node._addresses_of(peer) if peer != node.local_peer_id else None
-            if info is None or (node._allowed and peer not in node._allowed):
-                raise UnknownPeerError(f"{peer} is not connected and its address is not known")
-        if len(node._sessions) >= node.config.max_audio_streams:
-            raise LimitError(f"max_audio_streams ({node.config.max_audio_streams}) reached")
-
-        async def go() -> StreamId:
-            if info is not None and peer not in node._peers:
-                try:
-                    await node._connect(peer, info, peer)
-                except DialError as exc:
-                    raise UnknownPeerError(f"{peer} is not connected, and connecting failed: {exc}") from None
-            try:
-                stream = await node._host.new_stream(ID.from_base58(peer), [PROTOCOL_ID])
-            except Exception as exc:
-                raise ProtocolError(f"cannot open an audio stream to {peer}: {exc}") from exc
-            sid = node._new_stream_id()
-            conn = ap.AudioStreamConnection(ap.Role.INITIATOR)
-            session = AudioSession(node, stream, peer, sid, Direction.OUTGOING, conn)
-            try:
-                await session.write_control(conn.request(sid))
-            except Exception as exc:
-                with trio.move_on_after(1.0):
-                    await stream.reset()
-                raise ProtocolError(f"audio stream request to {peer} failed: {exc}") from exc
-            node._start_session(session)
-            return sid
-        return await self._call("request_audio_stream", go)
+        return await self._node.request_audio_stream(peer)
 
     async def accept_audio_stream(self, stream_id: StreamId) -> None:
-        session = self._node._session(stream_id)
-        if session.direction is not Direction.INCOMING or not session.awaiting_accept:
-            raise ProtocolError(f"audio stream {stream_id:x} is not waiting to be accepted")
-        await self._call("accept_audio_stream", session.accept)
+        await self._node.accept_audio_stream(stream_id)
 
     async def reject_audio_stream(self, stream_id: StreamId, reason: str) -> None:
-        session = self._node._session(stream_id)
-        if session.direction is not Direction.INCOMING or not session.awaiting_accept:
-            raise ProtocolError(f"audio stream {stream_id:x} is not waiting to be accepted")
-        await self._call("reject_audio_stream", session.reject, reason)
-        await session.done.wait()
+        await self._node.reject_audio_stream(stream_id, reason)
 
     async def send_audio(self, stream_id: StreamId, data: bytes, *, timestamp_us: int | None = None,
                          codec: int = 1) -> None:
         """Queue one frame; never waits for the network (the oldest queued frame is dropped
         when the peer cannot keep up). `timestamp_us` is the capture time on CLOCK_MONOTONIC."""
-        from .audio_session import now_us
-
         await trio.lowlevel.checkpoint()  # never waits, but is a checkpoint (cancelled: not queued)
-        self._node._require_running()
-        session = self._node._session(stream_id)
-        session.queue_frame(bytes(data), now_us() if timestamp_us is None else timestamp_us, codec)
+        self._node.send_audio(stream_id, bytes(data), now_us() if timestamp_us is None else timestamp_us, codec)
 
     async def close_audio_stream(self, stream_id: StreamId) -> None:
-        session = self._node._session(stream_id)
-        await self._call("close_audio_stream", session.close, "normal")
-        await session.done.wait()
+        await self._node.close_audio_stream(stream_id)
 
 
 def _check_topic(topic: str) -> None:
