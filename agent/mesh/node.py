@@ -39,7 +39,7 @@ from .events import (AudioData, AudioStreamClosed, AudioStreamRequested, Event, 
                      PeerConnected, PeerDisconnected, PeerDiscovered, PeerId, Started, StreamId)
 from .frames import PROTOCOL_ID
 from .identity import load_or_create_identity
-from .peering import choose_dials, dial_budget
+from .peering import FIRST_ROUND_S, MAX_KNOWN_PEERS_FACTOR, PeerManager
 from .redial import RedialPolicy
 
 log = logging.getLogger("agent.mesh")
@@ -48,7 +48,6 @@ T = TypeVar("T")
 # Messages waiting between GossipSub and the event queue. GossipSub hands them over without
 # waiting, so this is where a flood beyond the promised rate is cut (and counted).
 INBOX_FACTOR = 4
-MAX_KNOWN_PEERS_FACTOR = 4
 PEERSTORE_CLEANUP_S = 60
 # Asked by `dial()` once connected: the answer says whether the peer keeps the connection.
 ADMISSION_PROTOCOL_ID = "/avi/admission/1.0.0"
@@ -57,14 +56,6 @@ ADMISSION_PROTOCOL_ID = "/avi/admission/1.0.0"
 RETAINED_PROTOCOL_ID = "/avi/retained/1.0.0"
 MAX_RETAINED = 1024
 MAX_RETAINED_SYNC_BYTES = 4 * 1024 * 1024
-REFUSED_BACKOFF_S = 30.0
-
-
-class _ConnectionGone(Exception):
-    """Internal: the connection closed while we asked for admission."""
-# While a known peer is missing it is redialled at least this often (a failed dial is cheap),
-# so a node rejoins within seconds of the network coming back.
-REDIAL_MAX_S = 2.0
 # Each missing peer has its own schedule (agent/mesh/redial.py): 1 s after it left, then doubling
 # gaps up to `redial_max_s`; forgotten after `forget_after_s` of failed dials (bootstrap excepted).
 REDIAL_FIRST_S = 1.0
@@ -74,6 +65,10 @@ REDIAL_FIRST_S = 1.0
 SHUTDOWN_SESSIONS_S = 0.5
 SHUTDOWN_HOST_S = 1.0
 DIAL_TIMEOUT_S = 5.0
+
+
+class _ConnectionGone(Exception):
+    """Internal: the connection closed while we asked for admission."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +148,6 @@ class AviP2p:
         self._host: IHost = secure_host(key_pair, enable_mdns=config.enable_mdns,
                                         max_connections=config.max_peers * 3 + 8)
         self.local_peer_id = PeerId(self._host.get_id().to_base58())
-        self._allowed = frozenset(config.allowed_peers)
         router = gossip_router(heartbeat=config.gossip_heartbeat, rate_limit=config.pubsub_rate_limit,
                                all_on_loopback=all_loopback([config.listen_host]))
         self._router = router
@@ -166,16 +160,15 @@ class AviP2p:
         self._events = EventQueue(config.event_buffer, self._count_audio_drop)
         self._events_send, self.events = trio.open_memory_channel[Event](0)
         self._commands = trio.CapacityLimiter(config.command_buffer)
-        self._peers: dict[PeerId, str] = {}
-        self._known: dict[PeerId, PeerInfo] = {}
-        self._admitting: set[PeerId] = set()
-        self._refused_by: dict[PeerId, tuple[float, str]] = {}  # until when, why
-        self._announced: dict[PeerId, None] = {}  # peers reported as PeerDiscovered (ordered set)
-        self._dialing: set[PeerId] = set()
-        self._rng = random.Random()
-        self._redial = RedialPolicy(first_s=REDIAL_FIRST_S, max_s=config.redial_max_s,
-                                    forget_after_s=config.forget_after_s,
-                                    max_tracked=config.max_peers * MAX_KNOWN_PEERS_FACTOR, rng=self._rng)
+        # Who is connected, admitted, dialled, known, refused: the peer manager decides, the
+        # node does the I/O.
+        rng = random.Random()
+        redial = RedialPolicy(first_s=REDIAL_FIRST_S, max_s=config.redial_max_s,
+                              forget_after_s=config.forget_after_s,
+                              max_tracked=config.max_peers * MAX_KNOWN_PEERS_FACTOR, rng=rng)
+        self._peering: PeerManager[PeerInfo] = PeerManager(
+            self.local_peer_id, allowed=config.allowed_peers, max_peers=config.max_peers,
+            dial_target=config.dial_target, redial=redial, rng=rng)
         self._sessions: dict[StreamId, AudioSession] = {}
         self._topics: set[str] = set()
         self._nursery: trio.Nursery | None = None
@@ -191,7 +184,6 @@ class AviP2p:
         self._received = 0
         self._messages_dropped = 0
         self._audio_dropped = 0
-        self._refused = 0
         # Per (origin, topic) message counts in the current one-second window (see _over_rate).
         self._rate_window = 0.0
         self._rate_counts: dict[tuple[bytes, str], int] = {}
@@ -380,7 +372,7 @@ class AviP2p:
             self._retain(msg)
             if origin == self.local_peer_id:
                 continue  # our own publication, echoed by the router
-            if self._allowed and origin not in self._allowed:
+            if not self._peering.is_allowed(origin):
                 self._messages_dropped += 1
                 continue
             self._received += 1
@@ -429,7 +421,7 @@ class AviP2p:
         from libp2p.pubsub.validators import signature_validator
 
         peer = PeerId(stream.muxed_conn.peer_id.to_base58())
-        if self._allowed and peer not in self._allowed:
+        if not self._peering.is_allowed(peer):
             await stream.reset()
             return
         data = bytearray()
@@ -457,7 +449,7 @@ class AviP2p:
                 self._messages_dropped += 1
                 continue
             topics = [t for t in msg.topicIDs if t in self._topics and t in self._retained_topics]
-            if not topics or origin == self.local_peer_id or (self._allowed and origin not in self._allowed):
+            if not topics or origin == self.local_peer_id or not self._peering.is_allowed(origin):
                 continue
             if self._pubsub._is_msg_seen(msg):
                 continue
@@ -476,25 +468,14 @@ class AviP2p:
             for topic in topics:
                 await self._emit(Message(origin, topic, bytes(msg.data), age_s=age_ms / 1000))
 
-    # --- connections ------------------------------------------------------------------------
-    def _may_connect(self, peer: PeerId) -> str | None:
-        """Why `peer` may not be connected to us, or None."""
-        if self._allowed and peer not in self._allowed:
-            return "not in allowed_peers"
-        # Peers still being admitted count too, or two newcomers could both take the last slot.
-        others = len(self._peers) + len(self._admitting - {peer})
-        if peer not in self._peers and others >= self.config.max_peers:
-            return f"max_peers ({self.config.max_peers}) reached"
-        return None
-
+    # --- connections (decisions: PeerManager; here the I/O) -----------------------------------
     async def _pump_network(self) -> None:
         network = self._host.get_network()
         async for kind, conn in self._net_recv:
             peer = PeerId(_peer(conn).to_base58())
             if kind == "connected":
-                refusal = self._may_connect(peer)
+                refusal = self._peering.opened(peer)
                 if refusal is not None:
-                    self._refused += 1
                     log.info("refusing connection from %s: %s", peer, refusal)
                     with trio.move_on_after(2.0):
                         try:
@@ -505,11 +486,10 @@ class AviP2p:
                 if getattr(conn, "is_closed", False):
                     continue  # closed before we got to it (e.g. refused by the other side)
                 enable_tcp_liveness(conn)
-                if peer not in self._peers and peer not in self._admitting:
-                    self._admitting.add(peer)
+                if self._peering.start_admission(peer):
                     self._nursery_soon(self._admit, conn, peer)
             elif kind == "disconnected":
-                if peer in self._peers and not network.get_connections(_peer(conn)):
+                if peer in self._peering.connected and not network.get_connections(_peer(conn)):
                     await self._lost(peer)
 
     async def _admit(self, conn: INetConn, peer: PeerId) -> None:
@@ -520,8 +500,7 @@ class AviP2p:
                 refusal = await self._ask_admission(conn)
                 if refusal is not None:
                     log.info("%s refused our connection: %s", peer, refusal)
-                    self._refused_by[peer] = (trio.current_time() + REFUSED_BACKOFF_S, refusal)
-                    self._known.pop(peer, None)
+                    self._peering.refused_by(peer, refusal, trio.current_time())
                     self._discover_now.set()  # reconcile our peer list at once
                     with trio.move_on_after(2.0):
                         try:
@@ -532,14 +511,13 @@ class AviP2p:
         except _ConnectionGone:
             return
         finally:
-            self._admitting.discard(peer)
+            self._peering.admission_ended(peer)
         live = [c for c in self._host.get_network().get_connections(_peer(conn))
                 if not getattr(c, "is_closed", False)]
-        if live and peer not in self._peers:
-            self._refused_by.pop(peer, None)
-            self._redial.connected(peer)
-            address = _conn_address(conn)
-            self._peers[peer] = address
+        if not live:
+            return
+        address = _conn_address(conn)
+        if self._peering.admitted(peer, address):
             self._remember(peer)
             if self._dht is not None:
                 self._nursery_soon(self._add_to_dht, _peer(conn))
@@ -548,11 +526,9 @@ class AviP2p:
             await self._emit(PeerConnected(peer, address))
 
     async def _lost(self, peer: PeerId) -> None:
-        del self._peers[peer]
+        self._peering.lost(peer, trio.current_time())
         for session in [s for s in self._sessions.values() if s.peer_id == peer]:
             self._nursery_soon(session.close, "peer-gone: disconnected")
-        # Redialled after a moment, then backing off; forgotten if it does not come back.
-        self._redial.missing(peer, trio.current_time(), departed=True)
         self._discover_now.set()
         await self._emit(PeerDisconnected(peer))
 
@@ -560,10 +536,10 @@ class AviP2p:
         """Safety net: a peer we list as connected but have no open connection to is lost (the
         swarm does not report every close, e.g. one the other side makes during set-up)."""
         network = self._host.get_network()
-        for peer in list(self._peers):
+        for peer in list(self._peering.connected):
             conns = network.get_connections(ID.from_base58(peer))
             if not any(not getattr(c, "is_closed", False) for c in conns):
-                await self._lost(peer)
+                await self._lost(PeerId(peer))
 
     def _nursery_soon(self, fn, *args) -> None:  # type: ignore[no-untyped-def]
         if self._nursery is not None:
@@ -578,19 +554,15 @@ class AviP2p:
                 log.debug("dht add_peer %s: %s", peer, exc)
 
     def _remember(self, peer: PeerId, info: PeerInfo | None = None) -> None:
-        """Keep a bounded list of peers worth reconnecting to."""
+        """Keep where `peer` listens (`info`, or what the peerstore knows) worth reconnecting to."""
         if info is None:
             try:
                 addrs = self._host.get_peerstore().addrs(ID.from_base58(peer))
             except Exception:  # PeerStoreError: nothing known about its addresses (yet)
                 return
             info = PeerInfo(ID.from_base58(peer), addrs)
-        if not info.addrs:
-            return
-        self._known[peer] = info
-        limit = self.config.max_peers * MAX_KNOWN_PEERS_FACTOR
-        while len(self._known) > limit:
-            self._known.pop(next(iter(self._known)))
+        if info.addrs:
+            self._peering.remember(peer, info)
 
     def _on_mdns_peer(self, info: PeerInfo) -> None:
         """Called by zeroconf on its own thread: hand over to trio without waiting."""
@@ -610,57 +582,43 @@ class AviP2p:
 
     async def _pump_found(self) -> None:
         async for info in self._found_recv:
-            peer = PeerId(info.peer_id.to_base58())
-            if peer == self.local_peer_id or (self._allowed and peer not in self._allowed):
-                continue
             if not info.addrs:
                 continue
-            self._remember(peer, info)
-            if peer not in self._announced:
-                self._announced[peer] = None
-                while len(self._announced) > self.config.max_peers * MAX_KNOWN_PEERS_FACTOR:
-                    self._announced.pop(next(iter(self._announced)))
+            peer = PeerId(info.peer_id.to_base58())
+            intake = self._peering.found(peer, info, trio.current_time())
+            if intake.announce:
                 await self._emit(PeerDiscovered(peer))
-            if peer not in self._peers:
-                now = trio.current_time()
-                self._redial.missing(peer, now)  # new: due at once; already missing: keeps its back-off
-                if peer in self._redial.due(now) and dial_budget(len(self._peers) + len(self._admitting), len(self._dialing),
-                                                                 self.config.dial_target) > 0:
-                    self._redial.attempted(peer, now)
-                    self._dial_quietly(info)
+            if intake.dial:
+                self._start_dial(peer, info)
 
-    def _dial_quietly(self, info: PeerInfo) -> None:
-        """Start a dial in the background (counted in `_dialing` at once, so the dial budget
-        sees it before the task runs); failures are only logged at debug."""
-        peer = PeerId(info.peer_id.to_base58())
-        if peer in self._dialing or peer in self._peers or self._may_connect(peer) or self._nursery is None:
+    def _start_dial(self, peer: PeerId, info: PeerInfo) -> None:
+        """Start a dial in the background (counted as dialling at once, so the dial budget sees
+        it before the task runs); failures are only logged at debug."""
+        if self._nursery is None:
             return
-        refused = self._refused_by.get(peer)
-        if refused is not None and refused[0] > trio.current_time():
-            return  # it refused us recently; ask again later
-        self._dialing.add(peer)
+        self._peering.dial_started(peer)
         self._nursery.start_soon(self._dial_task, peer, info)
 
     async def _connect(self, peer: PeerId, info: PeerInfo, what: str) -> None:
         """Connect to `peer` and wait until both sides admitted the connection (PeerConnected);
         DialError with the reason otherwise."""
-        self._refused_by.pop(peer, None)  # an explicit connect asks again
+        self._peering.connect_requested(peer)
         try:
             forget_failed_dials(self._host, info.peer_id)
             await self._host.connect(info)
         except Exception as exc:
             raise DialError(f"dial {what} failed: {exc}") from exc
-        while peer not in self._peers:
-            refused = self._refused_by.get(peer)
+        while peer not in self._peering.connected:
+            refused = self._peering.refusal_from(peer)
             if refused is not None:
-                raise DialError(f"{peer} refused the connection: {refused[1]}")
+                raise DialError(f"{peer} refused the connection: {refused}")
             if not self._host.get_network().get_connections(info.peer_id):
                 raise DialError(f"{peer} closed the connection (limit or allow list)")
             await trio.sleep(0.01)
 
     def _addresses_of(self, peer: PeerId) -> PeerInfo | None:
         """What we know of where `peer` listens (discovery, identify, the DHT), or None."""
-        info = self._known.get(peer)
+        info = self._peering.known.get(peer)
         if info is not None and info.addrs:
             return info
         pid = ID.from_base58(peer)
@@ -677,66 +635,37 @@ class AviP2p:
                 await self._host.connect(info)
                 # Still "dialling" until admitted (or gone): the dial budget must not see a gap
                 # between the connection and its admission.
-                while peer not in self._peers and self._host.get_network().get_connections(info.peer_id):
+                while peer not in self._peering.connected and self._host.get_network().get_connections(info.peer_id):
                     await trio.sleep(0.05)
         except Exception as exc:
             log.debug("dial %s failed: %s", peer, exc)
         finally:
-            self._dialing.discard(peer)
+            self._peering.dial_ended(peer)
 
     async def _maintain_connections(self) -> None:
         """Keep bootstrap and known peers connected; run discovery rounds. Backs off to
         `discovery_interval` while nothing changes, and runs at once on `discover_peers()`."""
-        bootstrap = []
         for addr in self.config.bootstrap_peers:
             info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
-            bootstrap.append(info)
             self._host.get_peerstore().add_addrs(info.peer_id, info.addrs, 3600 * 24)
-        boot = {PeerId(i.peer_id.to_base58()) for i in bootstrap}
-        for peer in boot:
-            self._redial.add_permanent(peer, trio.current_time())
-        delay = 0.5
+            self._peering.add_bootstrap(PeerId(info.peer_id.to_base58()), info)
+        delay = FIRST_ROUND_S
         while True:
             await self._reconcile_peers()
-            for info in bootstrap:
-                self._remember(PeerId(info.peer_id.to_base58()), info)
-            now = trio.current_time()
-            for peer in list(self._known):
-                if peer in self._peers:
-                    self._redial.connected(peer)
-                else:
-                    self._redial.missing(peer, now)
-            for peer in self._redial.expired(now):
-                self._known.pop(peer, None)
+            plan = self._peering.plan_round(trio.current_time())
+            for peer in plan.forget:
                 log.info("forgot departed peer %s: unreachable for %g s", peer, self.config.forget_after_s,
                          extra={"peer": peer, "_summary": "peers"})
-            # Candidates: missing peers whose redial time has come (each backs off on its own).
-            candidates = [p for p in self._redial.due(now) if p in self._known
-                          and (p not in self._refused_by or self._refused_by[p][0] <= now)]
-            # Connections still being admitted count: under load admission takes seconds, and
-            # counting only admitted peers dialled far past the target.
-            for peer in choose_dials(candidates, self._peers.keys() | self._admitting, self._dialing,
-                                     self.config.dial_target,
-                                     self._rng, always=boot):
-                self._redial.attempted(peer, now)
-                self._dial_quietly(self._known[peer])
-            short = len(self._peers) < self.config.dial_target
-            # Kademlia rounds only while we know too few peers to choose from: at full degree
-            # they cost traffic.
-            if self._dht is not None and self._peers and len(self._known) < self.config.dial_target:
+            for peer, info in plan.dial:
+                self._start_dial(PeerId(peer), info)
+            if self._dht is not None and self._peering.wants_dht_round():
                 await self._dht_round()
-            wake = self._redial.next_at() if short else None  # the next redial that may be needed
-            sleep = delay if wake is None else min(delay, max(0.05, wake - trio.current_time()))
-            with trio.move_on_after(sleep):
+            with trio.move_on_after(self._peering.sleep_for(delay, trio.current_time())):
                 await self._discover_now.wait()
-            if self._discover_now.is_set():
+            woken = self._discover_now.is_set()
+            if woken:
                 self._discover_now = trio.Event()
-                delay = 0.5
-            else:
-                missing = len(self._peers) < min(self.config.dial_target, len(self._known))
-                cap = min(REDIAL_MAX_S, self.config.discovery_interval) if missing \
-                    else self.config.discovery_interval
-                delay = min(delay * 2, cap)
+            delay = self._peering.next_delay(delay, woken=woken, interval=self.config.discovery_interval)
 
     async def _dht_round(self) -> None:
         """Ask the DHT for peers near our own id; report and dial the ones we do not have."""
@@ -780,7 +709,7 @@ class AviP2p:
         """Answer a dialler's admission question: "ok", or "no: <why>" (allow list, max_peers).
         Without it a refused dialler only sees its new connection close some time later."""
         peer = PeerId(stream.muxed_conn.peer_id.to_base58())
-        refusal = self._may_connect(peer)
+        refusal = self._peering.refusal_reason(peer)
         with trio.move_on_after(2.0):
             try:
                 await stream.write(b"ok" if refusal is None else b"no: " + refusal.encode()[:200])
@@ -819,7 +748,7 @@ class AviP2p:
 
     async def _serve_incoming(self, stream: INetStream) -> None:
         peer = PeerId(stream.muxed_conn.peer_id.to_base58())
-        if self._allowed and peer not in self._allowed:
+        if not self._peering.is_allowed(peer):
             await stream.reset()
             return
         conn = ap.AudioStreamConnection(ap.Role.RESPONDER)
@@ -888,7 +817,7 @@ class AviP2p:
         return list(self._listen_addrs)
 
     def connected_peers(self) -> list[PeerId]:
-        return list(self._peers)
+        return list(self._peering.connected)
 
     async def subscribe(self, topic: str) -> None:
         async def go() -> None:
@@ -923,7 +852,7 @@ class AviP2p:
         peer = PeerId(info.peer_id.to_base58())
         if peer == self.local_peer_id:
             raise DialError("cannot dial ourselves")
-        if self._allowed and peer not in self._allowed:
+        if not self._peering.is_allowed(peer):
             raise NotAllowedError(f"{peer} is not in allowed_peers")
 
         async def go() -> PeerId:
@@ -939,17 +868,17 @@ class AviP2p:
     async def request_audio_stream(self, peer: PeerId) -> StreamId:
         self._require_running()
         info = None
-        if peer not in self._peers:
+        if peer not in self._peering.connected:
             # Bounded degree: a peer we are not connected to is connected on demand, if its
             # addresses are known (discovery, identify, DHT).
             info = self._addresses_of(peer) if peer != self.local_peer_id else None
-            if info is None or (self._allowed and peer not in self._allowed):
+            if info is None or not self._peering.is_allowed(peer):
                 raise UnknownPeerError(f"{peer} is not connected and its address is not known")
         if len(self._sessions) >= self.config.max_audio_streams:
             raise LimitError(f"max_audio_streams ({self.config.max_audio_streams}) reached")
 
         async def go() -> StreamId:
-            if info is not None and peer not in self._peers:
+            if info is not None and peer not in self._peering.connected:
                 try:
                     await self._connect(peer, info, peer)
                 except DialError as exc:
@@ -998,17 +927,17 @@ class AviP2p:
     def stats(self) -> NodeStats:
         sessions = tuple(s.stats() for s in self._sessions.values())
         return NodeStats(
-            peers=len(self._peers),
-            connected_peers=tuple(self._peers),
+            peers=len(self._peering.connected),
+            connected_peers=tuple(PeerId(p) for p in self._peering.connected),
             bytes_in=self._bytes_in + sum(s.bytes_in for s in sessions),
             bytes_out=self._bytes_out + sum(s.bytes_out for s in sessions),
             messages_published=self._published,
             messages_received=self._received,
             messages_dropped=self._messages_dropped,
             audio_frames_dropped=self._audio_dropped + sum(s.frames_dropped for s in sessions),
-            connections_refused=self._refused,
+            connections_refused=self._peering.refused,
             streams=sessions,
-            peers_forgotten=self._redial.forgotten,
+            peers_forgotten=self._peering.redial.forgotten,
             messages_unsent=self._pubsub.unsent,
         )
 

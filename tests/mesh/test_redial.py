@@ -134,7 +134,7 @@ async def test_node_forgets_a_departed_peer_but_not_a_bootstrap_peer(tmp_path) -
         with trio.fail_after(30):  # forget_after_s (4 s) plus the loop's wake-up; generous: busy machine
             while a.node.stats().peers_forgotten < 1:
                 await trio.sleep(0.2)
-        assert c.peer_id not in a.node._known and b.peer_id in a.node._known
+        assert c.peer_id not in a.node._peering.known and b.peer_id in a.node._peering.known
         assert a.node.stats().peers_forgotten == 1
         b2 = await nursery.start(lambda task_status: run_node(task_status, identity_path=key, listen_port=port))
         await a.wait_for(connected_to(b.peer_id), count=2, timeout=30)
