@@ -797,7 +797,7 @@ class AviP2p:
             raise UnknownStreamError(f"no audio stream {stream_id:x}")
         return session
 
-    # --- commands: what AviP2pHandle forwards to, each bounded by request_timeout -------------
+    # --- operations: what AviP2pHandle forwards to (the handle is their public face) ---------
     async def _command(self, what: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run one command: at most `command_buffer` at once (extra callers wait), at most
         `request_timeout` long, any failure raised as an `AviP2pError`."""
@@ -813,13 +813,13 @@ class AviP2p:
             except Exception as exc:
                 raise AviP2pError(f"{what} failed: {exc}") from exc
 
-    def listen_addresses(self) -> list[str]:
+    def _listen_addresses(self) -> list[str]:
         return list(self._listen_addrs)
 
-    def connected_peers(self) -> list[PeerId]:
+    def _connected_peers(self) -> list[PeerId]:
         return list(self._peering.connected)
 
-    async def subscribe(self, topic: str) -> None:
+    async def _subscribe(self, topic: str) -> None:
         async def go() -> None:
             try:
                 await self._pubsub.subscribe(topic)
@@ -828,7 +828,7 @@ class AviP2p:
             self._topics.add(topic)
         await self._command("subscribe", go)
 
-    async def unsubscribe(self, topic: str) -> None:
+    async def _unsubscribe(self, topic: str) -> None:
         async def go() -> None:
             self._topics.discard(topic)
             try:
@@ -837,7 +837,7 @@ class AviP2p:
                 raise PubSubError(f"unsubscribe from {topic!r} failed: {exc}") from exc
         await self._command("unsubscribe", go)
 
-    async def publish(self, topic: str, data: bytes) -> None:
+    async def _publish(self, topic: str, data: bytes) -> None:
         async def go() -> None:
             try:
                 await self._pubsub.publish(topic, data)
@@ -847,7 +847,7 @@ class AviP2p:
             self._bytes_out += len(data)
         await self._command("publish", go)
 
-    async def dial(self, info: PeerInfo, address: str) -> PeerId:
+    async def _dial(self, info: PeerInfo, address: str) -> PeerId:
         """Connect to `info` (parsed from `address`) and wait for both sides' admission."""
         peer = PeerId(info.peer_id.to_base58())
         if peer == self.local_peer_id:
@@ -861,11 +861,11 @@ class AviP2p:
             return peer
         return await self._command("dial", go)
 
-    def discover_peers(self) -> None:
+    def _discover_peers(self) -> None:
         self._require_running()
         self._discover_now.set()
 
-    async def request_audio_stream(self, peer: PeerId) -> StreamId:
+    async def _request_audio_stream(self, peer: PeerId) -> StreamId:
         self._require_running()
         info = None
         if peer not in self._peering.connected:
@@ -906,20 +906,20 @@ class AviP2p:
             raise ProtocolError(f"audio stream {stream_id:x} is not waiting to be accepted")
         return session
 
-    async def accept_audio_stream(self, stream_id: StreamId) -> None:
+    async def _accept_audio_stream(self, stream_id: StreamId) -> None:
         session = self._awaiting_accept(stream_id)
         await self._command("accept_audio_stream", session.accept)
 
-    async def reject_audio_stream(self, stream_id: StreamId, reason: str) -> None:
+    async def _reject_audio_stream(self, stream_id: StreamId, reason: str) -> None:
         session = self._awaiting_accept(stream_id)
         await self._command("reject_audio_stream", session.reject, reason)
         await session.done.wait()
 
-    def send_audio(self, stream_id: StreamId, data: bytes, timestamp_us: int, codec: int) -> None:
+    def _send_audio(self, stream_id: StreamId, data: bytes, timestamp_us: int, codec: int) -> None:
         self._require_running()
         self._session(stream_id).queue_frame(data, timestamp_us, codec)
 
-    async def close_audio_stream(self, stream_id: StreamId) -> None:
+    async def _close_audio_stream(self, stream_id: StreamId) -> None:
         session = self._session(stream_id)
         await self._command("close_audio_stream", session.close, "normal")
         await session.done.wait()
@@ -959,26 +959,26 @@ class AviP2pHandle:
         return self._node.local_peer_id
 
     def listen_addresses(self) -> list[str]:
-        return self._node.listen_addresses()
+        return self._node._listen_addresses()
 
     def connected_peers(self) -> list[PeerId]:
-        return self._node.connected_peers()
+        return self._node._connected_peers()
 
     # pub/sub
     async def subscribe(self, topic: str) -> None:
         _check_topic(topic)
-        await self._node.subscribe(topic)
+        await self._node._subscribe(topic)
 
     async def unsubscribe(self, topic: str) -> None:
         _check_topic(topic)
-        await self._node.unsubscribe(topic)
+        await self._node._unsubscribe(topic)
 
     async def publish(self, topic: str, data: bytes) -> None:
         _check_topic(topic)
         limit = self._node.config.max_message_size
         if len(data) > limit:
             raise LimitError(f"message of {len(data)} bytes exceeds max_message_size ({limit})")
-        await self._node.publish(topic, bytes(data))
+        await self._node._publish(topic, bytes(data))
 
     # peers
     async def dial(self, address: str) -> PeerId:
@@ -987,34 +987,34 @@ class AviP2pHandle:
             info = info_from_p2p_addr(multiaddr.Multiaddr(address))
         except Exception as exc:
             raise DialError(f"not a dialable multiaddr {address!r}: {exc}") from None
-        return await self._node.dial(info, address)
+        return await self._node._dial(info, address)
 
     async def discover_peers(self) -> None:
         """Start a discovery round now (bootstrap, DHT, known peers); results come as events."""
-        self._node.discover_peers()
+        self._node._discover_peers()
         await trio.lowlevel.checkpoint()  # (the round runs in the node's task)
 
     # audio streams
     async def request_audio_stream(self, peer: PeerId) -> StreamId:
         """Open an audio stream to `peer`. Frames sent before the peer accepts are queued (drop
         oldest); acceptance arrives as `AudioStreamAccepted`, refusal as `AudioStreamClosed`."""
-        return await self._node.request_audio_stream(peer)
+        return await self._node._request_audio_stream(peer)
 
     async def accept_audio_stream(self, stream_id: StreamId) -> None:
-        await self._node.accept_audio_stream(stream_id)
+        await self._node._accept_audio_stream(stream_id)
 
     async def reject_audio_stream(self, stream_id: StreamId, reason: str) -> None:
-        await self._node.reject_audio_stream(stream_id, reason)
+        await self._node._reject_audio_stream(stream_id, reason)
 
     async def send_audio(self, stream_id: StreamId, data: bytes, *, timestamp_us: int | None = None,
                          codec: int = 1) -> None:
         """Queue one frame; never waits for the network (the oldest queued frame is dropped
         when the peer cannot keep up). `timestamp_us` is the capture time on CLOCK_MONOTONIC."""
         await trio.lowlevel.checkpoint()  # never waits, but is a checkpoint (cancelled: not queued)
-        self._node.send_audio(stream_id, bytes(data), now_us() if timestamp_us is None else timestamp_us, codec)
+        self._node._send_audio(stream_id, bytes(data), now_us() if timestamp_us is None else timestamp_us, codec)
 
     async def close_audio_stream(self, stream_id: StreamId) -> None:
-        await self._node.close_audio_stream(stream_id)
+        await self._node._close_audio_stream(stream_id)
 
 
 def _check_topic(topic: str) -> None:
