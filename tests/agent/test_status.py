@@ -127,7 +127,7 @@ class FakeHandle:
         self.published_at.append(trio.current_time())
 
 
-async def test_publisher_interval_change_and_coalescing(autojump_clock) -> None:
+async def test_publisher_interval_change_and_coalescing(autojump_clock, hang_guard) -> None:
     """On trio's autojump clock, so the timing below is exact and the test is instant."""
     h = FakeHandle()
     t0 = trio.current_time()

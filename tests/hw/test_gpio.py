@@ -300,3 +300,36 @@ async def test_missing_library_error_says_use_fake(monkeypatch: pytest.MonkeyPat
     with pytest.raises(GpioUnavailableError, match="rpi-lgpio.*fake"):
         async with RpiLed(27):
             pass
+
+
+async def test_a_device_that_fails_while_entering_releases_what_it_took(autojump_clock, hang_guard) -> None:
+    """Entering acquires the hardware, then starts the tasks; when a step after the hardware fails,
+    what was taken is given back in reverse (tasks stopped, hardware released), and the error
+    reaches the caller (in trio's ExceptionGroup, as it came out of the tasks' nursery). Before the
+    AsyncExitStack, such a failure left the nursery entered and the hardware taken."""
+    log: list[str] = []
+
+    class Failing(FakeButton):
+        async def _setup(self) -> bool:
+            log.append("setup")
+            return False
+
+        async def _started(self, nursery: trio.Nursery) -> None:
+            nursery.start_soon(self._watch)
+            await trio.sleep(0.1)
+            raise RuntimeError("script failed")
+
+        async def _watch(self) -> None:
+            try:
+                await trio.sleep_forever()
+            finally:
+                log.append("task stopped")
+
+        async def _teardown(self) -> None:
+            log.append("teardown")
+
+    with pytest.raises(BaseExceptionGroup) as ei:
+        async with Failing():
+            pass
+    assert ei.group_contains(RuntimeError, match="script failed")
+    assert log == ["setup", "task stopped", "teardown"]
