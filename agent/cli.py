@@ -107,7 +107,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load(path)
     if cfg is None:
         return EX_CONFIG
-    problems = _check_identity(cfg)
+    problems = _identity_problems(cfg)
     if problems:
         print(f"avi-agent: configuration error ({len(problems)} problem(s)) in {path or DEFAULT_CONFIG_PATH}:",
               file=sys.stderr)
@@ -125,7 +125,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_identity(cfg: AgentConfig) -> list[str]:
+def _identity_problems(cfg: AgentConfig) -> list[str]:
     """The identity key ``run`` would load: readable, private, a valid Ed25519 key (a missing
     one is fine: run creates it)."""
     path = cfg.mesh.identity_path
@@ -252,9 +252,9 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     import trio
 
     from agent.logs import setup_logging
-    from agent.monitor import Monitor, check_dial_address
+    from agent.monitor import Monitor, dial_address_problem
 
-    bad = [why for why in map(check_dial_address, args.dial) if why is not None]
+    bad = [why for why in map(dial_address_problem, args.dial) if why is not None]
     if bad:
         for why in bad:
             print(f"avi-agent monitor: --dial {why}", file=sys.stderr)

@@ -33,7 +33,7 @@ from agent.mesh.errors import AviP2pError
 from agent.mesh.events import Message
 from agent.status import FleetEntry, FleetView, entry_json, fake_devices
 
-__all__ = ["Monitor", "render_table", "fleet_rows", "COLUMNS", "NO_NODES_HINT", "check_dial_address"]
+__all__ = ["Monitor", "render_table", "fleet_rows", "COLUMNS", "NO_NODES_HINT", "dial_address_problem"]
 
 log = logging.getLogger("agent.monitor")
 
@@ -128,7 +128,7 @@ def render_table(entries: list[FleetEntry], now: float, header: str = "") -> lis
     return lines
 
 
-def check_dial_address(addr: str) -> str | None:
+def dial_address_problem(addr: str) -> str | None:
     """Why ``addr`` cannot be dialled (a sentence), or None when it is a dialable multiaddr."""
     from multiaddr import Multiaddr
 
@@ -268,7 +268,7 @@ class Monitor:
                             n.start_soon(self._identify_loop)
                         async for event in events:
                             if isinstance(event, Message) and event.topic == self.config.status.topic:
-                                if self.view.receive(event.from_peer, event.data, event.age_s) is not None:
+                                if self.view.receive(event.peer_id, event.data, event.age_s) is not None:
                                     self._dirty.set()
                                     self._bump()
         finally:

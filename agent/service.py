@@ -347,7 +347,7 @@ class Service:
                 case Message(topic=topic) if self.status is not None and topic == self.status.topic:
                     self.status.handle_message(event)
                     continue
-                case Message(topic=ident.TOPIC, from_peer=p, data=data):
+                case Message(topic=ident.TOPIC, peer_id=p, data=data):
                     self._on_identify(p, data)
                     continue
                 case Started():
@@ -360,7 +360,7 @@ class Service:
                     self.changed()
                 case PeerDiscovered(peer_id=p):
                     log.debug("peer discovered: %s", p, extra={"peer": p})
-                case AudioStreamRequested(from_peer=p, stream_id=s) if talk is None:
+                case AudioStreamRequested(peer_id=p, stream_id=s) if talk is None:
                     nursery.start_soon(self._refuse_stream, p, s)
                     continue
                 case AudioStreamAccepted() | AudioStreamClosed():

@@ -214,9 +214,9 @@ async def watch(nodes: list[SimNode], duration: float, live: bool) -> None:
         async with trio.open_nursery() as nursery:
             async def collect() -> None:
                 async for ev in events:
-                    if isinstance(ev, Message) and ev.topic == STATUS_TOPIC and ev.from_peer in by_peer:
+                    if isinstance(ev, Message) and ev.topic == STATUS_TOPIC and ev.peer_id in by_peer:
                         try:
-                            by_peer[ev.from_peer].status = json.loads(ev.data)
+                            by_peer[ev.peer_id].status = json.loads(ev.data)
                         except ValueError:
                             pass
 

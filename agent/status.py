@@ -406,7 +406,7 @@ class Status:
     def handle_message(self, msg: Message) -> StatusMessage | None:
         if msg.topic != self.config.topic:
             return None
-        got = self.view.receive(msg.from_peer, msg.data, getattr(msg, "age_s", 0.0))
+        got = self.view.receive(msg.peer_id, msg.data, getattr(msg, "age_s", 0.0))
         if got is not None and self._last_key is not None and self.view.fresh_count() != self._last_key[-1]:
             self.poke()  # the fleet size we report changed
         return got

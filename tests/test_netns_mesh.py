@@ -214,7 +214,7 @@ def received(node: MeshProc, topic: str, sender: MeshProc, since: float = 0.0) -
     out = []
     for e in node.messages(topic):
         body = json.loads(e["data"])
-        if e["from_peer"] == sender.peer_id and body["ts"] >= since:
+        if e["peer_id"] == sender.peer_id and body["ts"] >= since:
             out.append({**body, "t": e["t"]})
     return out
 

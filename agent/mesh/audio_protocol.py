@@ -28,7 +28,7 @@ from agent.mesh.frames import (
 
 __all__ = [
     "KEEPALIVE_INTERVAL", "STREAM_TIMEOUT", "CloseReason", "protocol_reason", "Role",
-    "StreamState", "AudioStreamConnection", "StreamStats", "StreamRequested", "StreamAccepted",
+    "StreamState", "AudioStreamConnection", "ConnectionStats", "StreamRequested", "StreamAccepted",
     "StreamRejected", "DataReceived", "KeepaliveReceived", "StreamClosed", "Event",
     "LocalProtocolError", "RemoteProtocolError", "StreamParams", "Codec",
 ]
@@ -117,8 +117,10 @@ Event = (StreamRequested | StreamAccepted | StreamRejected | DataReceived | Keep
 
 
 @dataclass(frozen=True, slots=True)
-class StreamStats:
-    """Counters of one stream. frames_* count DATA frames; bytes_* count every byte on the wire.
+class ConnectionStats:
+    """Counters of one `AudioStreamConnection` (the node's per-stream snapshot, with the frames
+    its buffers dropped, is `agent.mesh.StreamStats`). frames_* count DATA frames; bytes_* count
+    every byte on the wire.
 
     `duplicates` are DATA frames dropped because their sequence was not newer than the last one
     delivered; `lost` is the sum of the sequence gaps (frames the sender dropped or never sent).
@@ -182,8 +184,8 @@ class AudioStreamConnection:
         """Why the stream ended (reason sent or received, or the protocol error), once it has."""
         return self._close_reason
 
-    def stats(self) -> StreamStats:
-        return StreamStats(self._frames_sent, self._frames_received, self._duplicates,
+    def stats(self) -> ConnectionStats:
+        return ConnectionStats(self._frames_sent, self._frames_received, self._duplicates,
                            self._lost, self._bytes_in, self._bytes_out)
 
     # -- sending --

@@ -36,7 +36,7 @@ class PeerDisconnected:
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    from_peer: PeerId
+    peer_id: PeerId
     topic: str
     data: bytes
     # Seconds the message had been held by a neighbour before it reached us: 0 for pub/sub
@@ -46,7 +46,7 @@ class Message:
 
 @dataclass(frozen=True, slots=True)
 class AudioStreamRequested:
-    from_peer: PeerId
+    peer_id: PeerId
     stream_id: StreamId
 
 
@@ -58,7 +58,7 @@ class AudioStreamAccepted:
 
 @dataclass(frozen=True, slots=True)
 class AudioData:
-    from_peer: PeerId
+    peer_id: PeerId
     stream_id: StreamId
     data: bytes
     sequence: int = 0

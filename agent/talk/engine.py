@@ -325,16 +325,16 @@ class Talk:
                 ins = self._on_audio(event)
                 if ins is not None and ins.relay_out:
                     await self._relay_frame(ins, event)
-            case Message(topic=topic, from_peer=peer, data=data) if topic == TOPIC:
+            case Message(topic=topic, peer_id=peer, data=data) if topic == TOPIC:
                 self._on_announcement(peer, data)
-            case Message(topic=topic, from_peer=peer, data=data) if topic == PLAN_TOPIC:
+            case Message(topic=topic, peer_id=peer, data=data) if topic == PLAN_TOPIC:
                 plan = parse_plan(data, str(peer))
                 if plan is None:
                     self.bad_announcements += 1
                     log.debug("ignoring a malformed relay plan from %s", peer)
                 else:
                     self._on_plan(peer, plan)
-            case AudioStreamRequested(from_peer=peer, stream_id=sid):
+            case AudioStreamRequested(peer_id=peer, stream_id=sid):
                 self._on_request(peer, sid)
             case AudioStreamAccepted(peer_id=peer, stream_id=sid):
                 self._on_accepted(peer, sid)

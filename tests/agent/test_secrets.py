@@ -80,7 +80,7 @@ async def test_identity_key_is_never_logged_nor_published(tmp_path: Path) -> Non
             await h.dial(addr)
             with trio.fail_after(20):
                 async for ev in events:
-                    if isinstance(ev, Message) and ev.topic == "avi/status" and ev.from_peer == peer:
+                    if isinstance(ev, Message) and ev.topic == "avi/status" and ev.peer_id == peer:
                         status_msgs.append(ev.data)
                         if len(status_msgs) >= 2:
                             break

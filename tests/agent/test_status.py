@@ -198,8 +198,8 @@ async def test_agent_counts_and_ignores_malformed_status(tmp_path: Path) -> None
             async def next_status(pred, timeout: float = 20.0) -> StatusMessage:
                 with trio.fail_after(timeout):
                     async for ev in events:
-                        if isinstance(ev, Message) and ev.topic == "avi/status" and ev.from_peer == agent_peer:
-                            m = decode_status(ev.data, ev.from_peer, 4096)
+                        if isinstance(ev, Message) and ev.topic == "avi/status" and ev.peer_id == agent_peer:
+                            m = decode_status(ev.data, ev.peer_id, 4096)
                             if pred(m):
                                 return m
                 raise AssertionError("event channel closed")

@@ -71,7 +71,7 @@ async def started(*configs: dict):
 
 
 def messages(node: Node, peer: str) -> list[bytes]:
-    return [e.data for e in node.of(Message) if e.from_peer == peer and e.topic == TOPIC]
+    return [e.data for e in node.of(Message) if e.peer_id == peer and e.topic == TOPIC]
 
 
 # --- 1. topic flood ------------------------------------------------------------------------
@@ -412,7 +412,7 @@ async def test_messages_with_bad_or_missing_signature_are_dropped():
             await pubsub.publish(TOPIC, b"control")  # same connection, sent after the bad ones
             await t.wait_for(lambda e: isinstance(e, Message) and e.data == b"control")
             await trio.sleep(0.5)
-            got = [(e.from_peer, e.data) for e in t.of(Message)]
+            got = [(e.peer_id, e.data) for e in t.of(Message)]
             print(f"\n[signatures] sent {len(SPOILED)} spoiled ({', '.join(SPOILED)}) + control; "
                   f"target delivered {[d for _, d in got if d != b'probe']}, messages_dropped "
                   f"{dropped_before} -> {t.node.stats().messages_dropped}")

@@ -14,6 +14,7 @@ from agent.mesh.audio_protocol import (
     STREAM_TIMEOUT,
     AudioStreamConnection,
     CloseReason,
+    ConnectionStats,
     DataReceived,
     KeepaliveReceived,
     Role,
@@ -22,7 +23,6 @@ from agent.mesh.audio_protocol import (
     StreamRejected,
     StreamRequested,
     StreamState,
-    StreamStats,
     protocol_reason,
 )
 from agent.mesh.frames import (
@@ -104,7 +104,7 @@ def test_accept_data_both_ways_and_close() -> None:
     assert b.receive_data(a.close("normal")) == [StreamClosed("normal")]
     assert (a.state, b.state) == (StreamState.CLOSED, StreamState.CLOSED)
     assert a.close_reason == b.close_reason == "normal"
-    assert a.stats() == StreamStats(frames_sent=2, frames_received=1, duplicates=0, lost=0,
+    assert a.stats() == ConnectionStats(frames_sent=2, frames_received=1, duplicates=0, lost=0,
                                     bytes_in=b.stats().bytes_out, bytes_out=b.stats().bytes_in)
     assert b.stats().frames_sent == 1 and b.stats().frames_received == 2
 

@@ -167,7 +167,7 @@ async def test_raw_peer_bad_frames_close_only_that_stream(case, announced):
             await stream.write(REQUEST)
             [req] = await t.wait_for(lambda e: isinstance(e, AudioStreamRequested)
                                      and e.stream_id == RAW_SID)
-            assert req.from_peer == raw.get_id().to_base58()
+            assert req.peer_id == raw.get_id().to_base58()
         await stream.write(bad)
         answer, end = await read_until_end(stream)
         print(f"\n[{case}, {'announced' if announced else 'unannounced'}] raw peer got {len(answer)} bytes, then {end}")
@@ -287,7 +287,7 @@ async def test_allowed_peers_keeps_a_stranger_out():
             with trio.fail_after(30):
                 i = 0
                 # B's message reaches A, and A relays B's messages to T, which drops them.
-                while not [m for m in a.of(Message) if m.from_peer == b.peer_id] \
+                while not [m for m in a.of(Message) if m.peer_id == b.peer_id] \
                         or t.node.stats().messages_dropped == dropped_before:
                     await b.h.publish("lobby", b"from b %d" % i)
                     i += 1
@@ -299,7 +299,7 @@ async def test_allowed_peers_keeps_a_stranger_out():
                     await trio.sleep(0.5)
             await trio.sleep(1.0)
             got = t.of(Message)  # only A's publications (an early one may have been lost)
-            assert got and all(m.from_peer == a.peer_id and m.data.startswith(b"from a ") for m in got)
+            assert got and all(m.peer_id == a.peer_id and m.data.startswith(b"from a ") for m in got)
             assert t.node.stats().messages_dropped >= 1  # B's message came and was dropped
         finally:
             nursery.cancel_scope.cancel()

@@ -29,9 +29,9 @@ async def test_three_nodes_each_hears_the_others():
             await n.h.publish("lobby", f"hi from {n.peer_id}".encode())
         for n in ns:
             got = await n.wait_for(msg_on("lobby"), count=2)
-            senders = {m.from_peer for m in got}
+            senders = {m.peer_id for m in got}
             assert senders == {o.peer_id for o in ns if o is not n}
-            assert all(m.data == f"hi from {m.from_peer}".encode() for m in got)
+            assert all(m.data == f"hi from {m.peer_id}".encode() for m in got)
             # Our own publications are not echoed back to us.
             assert n.peer_id not in senders
 
@@ -43,7 +43,7 @@ async def test_five_node_line_reaches_two_hops_and_a_burst_arrives_whole():
         await ns[0].h.publish("fleet", b"from the end")
         for n in ns[1:]:
             [m] = await n.wait_for(msg_on("fleet"))
-            assert (m.from_peer, m.data) == (ns[0].peer_id, b"from the end")
+            assert (m.peer_id, m.data) == (ns[0].peer_id, b"from the end")
 
         # A burst of 100 published at once reaches every subscriber whole and in order.
         for i in range(100):

@@ -27,7 +27,7 @@ async def test_a_newcomer_gets_the_latest_message_of_each_origin_from_its_neighb
         await c.h.dial(b.addr)
         got = await c.wait_for(lambda e: isinstance(e, Message) and e.topic == "st", count=2, timeout=5.0)
         assert sorted(e.data for e in got) == [b"a-2", b"b-1"]  # the latest only, no a-1
-        assert {e.from_peer for e in got} == {a.peer_id, b.peer_id}  # the origin, not the neighbour
+        assert {e.peer_id for e in got} == {a.peer_id, b.peer_id}  # the origin, not the neighbour
         assert all(e.age_s > 0.3 for e in got)
         # A later connection to a does not deliver a's message again (already seen).
         await c.h.dial(a.addr)

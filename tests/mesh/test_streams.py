@@ -18,7 +18,7 @@ async def open_stream(a, b, accept: bool = True) -> int:
     """a requests a stream to b; b accepts (or not). Returns the stream id."""
     sid = await a.h.request_audio_stream(b.peer_id)
     [req] = await b.wait_for(lambda e: requested(e) and e.stream_id == sid)
-    assert req.from_peer == a.peer_id
+    assert req.peer_id == a.peer_id
     if accept:
         await b.h.accept_audio_stream(sid)
         [acc] = await a.wait_for(lambda e: isinstance(e, AudioStreamAccepted) and e.stream_id == sid)
@@ -41,7 +41,7 @@ async def test_lifecycle_accept_data_close(closer):
         sid = await open_stream(a, b)
         await a.h.send_audio(sid, b"\x01\x02" * 320, timestamp_us=1234)
         [frame] = await b.wait_for(audio(sid))
-        assert (frame.from_peer, frame.data, frame.timestamp_us, frame.sequence) == (
+        assert (frame.peer_id, frame.data, frame.timestamp_us, frame.sequence) == (
             a.peer_id, b"\x01\x02" * 320, 1234, 0)
         # Data flows the other way on the same stream too.
         await b.h.send_audio(sid, b"back")

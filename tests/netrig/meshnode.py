@@ -52,7 +52,7 @@ def describe(ev: Event) -> dict[str, Any]:
     """An event as a JSON-able dict (AudioData summarised, bytes as length or text)."""
     out: dict[str, Any] = {"t": time.monotonic(), "event": type(ev).__name__}
     if isinstance(ev, AudioData):
-        out.update(peer_id=ev.from_peer, stream_id=ev.stream_id, sequence=ev.sequence,
+        out.update(peer_id=ev.peer_id, stream_id=ev.stream_id, sequence=ev.sequence,
                    timestamp_us=ev.timestamp_us, arrival_us=now_us(), size=len(ev.data),
                    mark=int.from_bytes(ev.data[:4], "big"))
         return out

@@ -171,7 +171,7 @@ class Chat:
                     out(f"{stamp()}  connected {p}")
                     self.peers_changed.set()
                     self.peers_changed = trio.Event()
-                case AudioStreamRequested(from_peer=p, stream_id=sid):
+                case AudioStreamRequested(peer_id=p, stream_id=sid):
                     if self.args.reject:
                         await self.handle.reject_audio_stream(sid, "not listening")
                         out(f"{stamp()}  rejected stream {sid:x} from {short(p)}")

@@ -162,7 +162,7 @@ async def run(args: argparse.Namespace) -> int:
                 nursery.start_soon(publisher)
                 async for event in events:
                     match event:
-                        case Message(from_peer=p, topic=t, data=d) if t == args.topic:
+                        case Message(peer_id=p, topic=t, data=d) if t == args.topic:
                             line = tally.on_message(p, d)
                             if not args.quiet:
                                 out(line)
