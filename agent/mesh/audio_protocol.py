@@ -2,15 +2,17 @@
 
 One `AudioStreamConnection` per libp2p stream. The methods that send (`request`, `accept`,
 `reject`, `data`, `keepalive`, `close`) return the bytes to write; `receive_data` takes the
-bytes read and returns events. Nothing here does I/O or keeps time: the caller writes the
-bytes, and runs the keepalive and timeout clocks (`KEEPALIVE_INTERVAL`, `STREAM_TIMEOUT`).
-See PROTOCOL.md for the rules this enforces.
+bytes read and returns events. Which frame each side may send in which state, and the state
+after it, is one table, `TRANSITIONS`, consulted by both directions. Nothing here does I/O or
+keeps time: the caller writes the bytes, and runs the keepalive and timeout clocks
+(`KEEPALIVE_INTERVAL`, `STREAM_TIMEOUT`). See PROTOCOL.md for the rules this enforces.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum, StrEnum
+from typing import assert_never
 
 from agent.mesh.frames import (
     MAX_PAYLOAD,
@@ -28,7 +30,7 @@ from agent.mesh.frames import (
 
 __all__ = [
     "KEEPALIVE_INTERVAL", "STREAM_TIMEOUT", "CloseReason", "protocol_reason", "Role",
-    "StreamState", "AudioStreamConnection", "ConnectionStats", "StreamRequested", "StreamAccepted",
+    "StreamState", "TRANSITIONS", "AudioStreamConnection", "ConnectionStats", "StreamRequested", "StreamAccepted",
     "StreamRejected", "DataReceived", "KeepaliveReceived", "StreamClosed", "Event",
     "LocalProtocolError", "RemoteProtocolError", "StreamParams", "Codec",
 ]
@@ -63,6 +65,11 @@ class Role(Enum):
     INITIATOR = "initiator"
     RESPONDER = "responder"
 
+    @property
+    def peer(self) -> Role:
+        """The role of the other side of the stream."""
+        return Role.RESPONDER if self is Role.INITIATOR else Role.INITIATOR
+
 
 class StreamState(Enum):
     IDLE = "idle"
@@ -73,6 +80,36 @@ class StreamState(Enum):
 
 
 _FINISHED = (StreamState.REJECTED, StreamState.CLOSED)
+
+_I, _R = Role.INITIATOR, Role.RESPONDER
+_IDLE, _REQUESTED, _OPEN = StreamState.IDLE, StreamState.REQUESTED, StreamState.OPEN
+_REJECTED, _CLOSED = StreamState.REJECTED, StreamState.CLOSED
+
+TRANSITIONS: dict[tuple[Role, StreamState, FrameType], StreamState] = {
+    # (role of the side that SENDS the frame, state, frame type) -> the state after it.
+    # Both sides consult the same table: the sender before it writes the frame, the receiver when
+    # the frame arrives (looking up the peer's role). A triple that is missing is illegal: a
+    # `LocalProtocolError` for the sender, a `RemoteProtocolError` "unexpected-<type>" for the
+    # receiver. Received frames are discarded in the final states (REJECTED, CLOSED), so the rows
+    # that start there are only for sending: answering the peer's CLOSE or REJECT (or a protocol
+    # error) with our own CLOSE. A side that has sent REJECT or CLOSE sends nothing more.
+    (_I, _IDLE, FrameType.REQUEST): _REQUESTED,
+    (_I, _REQUESTED, FrameType.KEEPALIVE): _REQUESTED,   # still waiting for the answer
+    (_I, _REQUESTED, FrameType.CLOSE): _CLOSED,          # the initiator gives up
+    (_R, _REQUESTED, FrameType.ACCEPT): _OPEN,
+    (_R, _REQUESTED, FrameType.REJECT): _REJECTED,
+    (_R, _REQUESTED, FrameType.KEEPALIVE): _REQUESTED,   # the application is still deciding
+    (_R, _REQUESTED, FrameType.CLOSE): _CLOSED,
+    (_I, _OPEN, FrameType.DATA): _OPEN,
+    (_R, _OPEN, FrameType.DATA): _OPEN,
+    (_I, _OPEN, FrameType.KEEPALIVE): _OPEN,
+    (_R, _OPEN, FrameType.KEEPALIVE): _OPEN,
+    (_I, _OPEN, FrameType.CLOSE): _CLOSED,
+    (_R, _OPEN, FrameType.CLOSE): _CLOSED,
+    (_I, _CLOSED, FrameType.CLOSE): _CLOSED,             # send-only rows (see above)
+    (_R, _CLOSED, FrameType.CLOSE): _CLOSED,
+    (_I, _REJECTED, FrameType.CLOSE): _REJECTED,
+}
 
 
 # --- events ---------------------------------------------------------------------------------
@@ -140,9 +177,9 @@ class ConnectionStats:
 class AudioStreamConnection:
     """The protocol state of one audio stream, seen from one side.
 
-    States: IDLE -> REQUESTED -> OPEN -> CLOSED, or REQUESTED -> REJECTED. REJECTED and CLOSED
-    are final; bytes received in a final state are discarded (frames may cross a CLOSE in
-    flight). A `RemoteProtocolError` from `receive_data` moves to CLOSED; the caller then sends
+    States: IDLE -> REQUESTED -> OPEN -> CLOSED, or REQUESTED -> REJECTED; every step, sent or
+    received, is a row of `TRANSITIONS`. REJECTED and CLOSED are final; bytes received in a final
+    state are discarded (frames may cross a CLOSE in flight). A `RemoteProtocolError` from `receive_data` moves to CLOSED; the caller then sends
     `close(exc.close_reason)` to tell the peer why, and closes the libp2p stream.
     """
 
@@ -190,13 +227,19 @@ class AudioStreamConnection:
 
     # -- sending --
 
-    def _require(self, action: str, *, role: Role | None = None,
-                 states: tuple[StreamState, ...]) -> None:
-        if role is not None and self.role is not role:
-            raise LocalProtocolError(f"{action}() is for the {role.value}, this is the "
-                                     f"{self.role.value}")
-        if self._state not in states:
-            raise LocalProtocolError(f"{action}() in state {self._state.name}")
+    def _next_state_sending(self, action: str, ftype: FrameType) -> StreamState:
+        """The state after this side sends `ftype` (by calling `action()`), from `TRANSITIONS`;
+        raises `LocalProtocolError` naming the state and the frame type if it may not."""
+        after = None if self._sent_final else TRANSITIONS.get((self.role, self._state, ftype))
+        if after is not None:
+            return after
+        why = (f"{action}() sends {ftype.name}: not allowed for the {self.role.value} in state "
+               f"{self._state.name}")
+        if self._sent_final:
+            why += " (this side already ended the stream)"
+        elif not any(r is self.role and t is ftype for r, _, t in TRANSITIONS):
+            why += f" (only the {self.role.peer.value} sends {ftype.name})"
+        raise LocalProtocolError(why)
 
     def _send(self, frame: Frame) -> bytes:
         wire = encode_frame(frame)
@@ -208,7 +251,7 @@ class AudioStreamConnection:
 
     def request(self, stream_id: int, params: StreamParams | None = None) -> bytes:
         """Initiator, IDLE -> REQUESTED: ask for stream `stream_id` with `params`."""
-        self._require("request", role=Role.INITIATOR, states=(StreamState.IDLE,))
+        after = self._next_state_sending("request", FrameType.REQUEST)
         params = params if params is not None else StreamParams()
         try:
             codec = Codec(params.codec)
@@ -218,21 +261,21 @@ class AudioStreamConnection:
                                 payload=encode_params(params)))
         self._stream_id = stream_id
         self._params = params
-        self._state = StreamState.REQUESTED
+        self._state = after
         return wire
 
     def accept(self) -> bytes:
         """Responder, REQUESTED -> OPEN."""
-        self._require("accept", role=Role.RESPONDER, states=(StreamState.REQUESTED,))
+        after = self._next_state_sending("accept", FrameType.ACCEPT)
         wire = self._send(self._control(FrameType.ACCEPT))
-        self._state = StreamState.OPEN
+        self._state = after
         return wire
 
     def reject(self, reason: str) -> bytes:
         """Responder, REQUESTED -> REJECTED, telling the initiator `reason`."""
-        self._require("reject", role=Role.RESPONDER, states=(StreamState.REQUESTED,))
+        after = self._next_state_sending("reject", FrameType.REJECT)
         wire = self._send(self._control(FrameType.REJECT, _reason_bytes(reason)))
-        self._state = StreamState.REJECTED
+        self._state = after
         self._sent_final = True
         self._close_reason = str(reason)
         return wire
@@ -243,7 +286,7 @@ class AudioStreamConnection:
         `timestamp_us` is the capture time on the sender's CLOCK_MONOTONIC; `codec` defaults to
         the codec of the REQUEST.
         """
-        self._require("data", states=(StreamState.OPEN,))
+        after = self._next_state_sending("data", FrameType.DATA)
         if len(payload) > MAX_PAYLOAD:
             raise FrameEncodeError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
         if self._next_send_seq > _MAX_SEQUENCE:
@@ -254,29 +297,28 @@ class AudioStreamConnection:
                                 timestamp_us, codec, bytes(payload)))
         self._next_send_seq += 1
         self._frames_sent += 1
+        self._state = after
         return wire
 
     def keepalive(self) -> bytes:
         """Either side, REQUESTED or OPEN: proves we are alive when nothing else was sent."""
-        self._require("keepalive", states=(StreamState.REQUESTED, StreamState.OPEN))
-        return self._send(self._control(FrameType.KEEPALIVE))
+        after = self._next_state_sending("keepalive", FrameType.KEEPALIVE)
+        wire = self._send(self._control(FrameType.KEEPALIVE))
+        self._state = after
+        return wire
 
     def close(self, reason: str = CloseReason.NORMAL) -> bytes:
         """Either side, once the stream has left IDLE and until we sent REJECT or CLOSE.
 
         Also legal after the stream ended from the peer's side or by a `RemoteProtocolError`:
-        that is how the peer learns why. The state becomes (or stays) CLOSED.
+        that is how the peer learns why. The state becomes CLOSED (a final state stays).
         """
-        if self._state is StreamState.IDLE:
-            raise LocalProtocolError("close() in state IDLE: nothing to close")
-        if self._sent_final:
-            raise LocalProtocolError(f"close() after this side already ended the stream "
-                                     f"(state {self._state.name})")
+        after = self._next_state_sending("close", FrameType.CLOSE)
         wire = self._send(self._control(FrameType.CLOSE, _reason_bytes(reason)))
         self._sent_final = True
         if self._state not in _FINISHED:
-            self._state = StreamState.CLOSED
             self._close_reason = str(reason)
+        self._state = after
         return wire
 
     # -- receiving --
@@ -305,34 +347,39 @@ class AudioStreamConnection:
             raise
 
     def _handle(self, frame: Frame) -> Event | None:
-        ftype, state = frame.type, self._state
-        if state is StreamState.IDLE:
-            if self.role is Role.RESPONDER and ftype is FrameType.REQUEST:
-                self._stream_id = frame.stream_id
-                self._params = frame.params
-                self._state = StreamState.REQUESTED
-                return StreamRequested(frame.stream_id, self._params)
-            raise _unexpected(frame, state)
-        if frame.stream_id != self._stream_id:
+        ftype, state, sender = frame.type, self._state, self.role.peer
+        if state is not StreamState.IDLE and frame.stream_id != self._stream_id:
             raise RemoteProtocolError("wrong-stream-id", f"{ftype.name} for stream "
                                       f"{frame.stream_id} on stream {self._stream_id}")
-        if ftype is FrameType.KEEPALIVE:
-            return KeepaliveReceived()
-        if ftype is FrameType.CLOSE:
-            self._state = StreamState.CLOSED
-            self._close_reason = frame.reason
-            return StreamClosed(frame.reason)
-        if state is StreamState.REQUESTED and self.role is Role.INITIATOR:
-            if ftype is FrameType.ACCEPT:
-                self._state = StreamState.OPEN
+        after = TRANSITIONS.get((sender, state, ftype))
+        if after is None:
+            raise RemoteProtocolError(f"unexpected-{ftype.name.lower()}",
+                                      f"{ftype.name} from the {sender.value} in state {state.name}")
+        event = self._apply(frame)
+        self._state = after
+        return event
+
+    def _apply(self, frame: Frame) -> Event | None:
+        """What a received frame that `TRANSITIONS` allows records, and its event."""
+        match frame.type:
+            case FrameType.REQUEST:
+                self._stream_id = frame.stream_id
+                self._params = frame.params
+                return StreamRequested(frame.stream_id, self._params)
+            case FrameType.ACCEPT:
                 return StreamAccepted()
-            if ftype is FrameType.REJECT:
-                self._state = StreamState.REJECTED
+            case FrameType.REJECT:
                 self._close_reason = frame.reason
                 return StreamRejected(frame.reason)
-        if state is StreamState.OPEN and ftype is FrameType.DATA:
-            return self._on_data(frame)
-        raise _unexpected(frame, state)
+            case FrameType.DATA:
+                return self._on_data(frame)
+            case FrameType.KEEPALIVE:
+                return KeepaliveReceived()
+            case FrameType.CLOSE:
+                self._close_reason = frame.reason
+                return StreamClosed(frame.reason)
+            case _:
+                assert_never(frame.type)
 
     def _on_data(self, frame: Frame) -> DataReceived | None:
         if frame.sequence < self._next_recv_seq:
@@ -342,11 +389,6 @@ class AudioStreamConnection:
         self._next_recv_seq = frame.sequence + 1
         self._frames_received += 1
         return DataReceived(frame.sequence, frame.timestamp_us, frame.codec, frame.payload)
-
-
-def _unexpected(frame: Frame, state: StreamState) -> RemoteProtocolError:
-    return RemoteProtocolError(f"unexpected-{frame.type.name.lower()}",
-                               f"{frame.type.name} in state {state.name}")
 
 
 def _reason_bytes(reason: str) -> bytes:

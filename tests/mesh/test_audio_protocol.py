@@ -23,6 +23,7 @@ from agent.mesh.audio_protocol import (
     StreamRejected,
     StreamRequested,
     StreamState,
+    TRANSITIONS,
     protocol_reason,
 )
 from agent.mesh.frames import (
@@ -274,17 +275,18 @@ def _states() -> dict[str, tuple[AudioStreamConnection, AudioStreamConnection]]:
     return out
 
 
-LEGAL = {  # (role, state) -> calls that are legal
-    ("i", "idle"): {"request"},
-    ("r", "idle"): set(),
-    ("i", "requested"): {"keepalive", "close"},
-    ("r", "requested"): {"accept", "reject", "keepalive", "close"},
-    ("i", "open"): {"data", "keepalive", "close"},
-    ("r", "open"): {"data", "keepalive", "close"},
-    ("i", "closed"): {"close"},   # a received CLOSE may be answered
-    ("r", "closed"): set(),       # already sent its CLOSE
-    ("i", "rejected"): {"close"},
-    ("r", "rejected"): set(),     # already sent REJECT
+LEGAL = {  # (role, state) -> the calls that are legal, each with the state after it
+    ("i", "idle"): {"request": "requested"},
+    ("r", "idle"): {},
+    ("i", "requested"): {"keepalive": "requested", "close": "closed"},
+    ("r", "requested"): {"accept": "open", "reject": "rejected", "keepalive": "requested",
+                         "close": "closed"},
+    ("i", "open"): {"data": "open", "keepalive": "open", "close": "closed"},
+    ("r", "open"): {"data": "open", "keepalive": "open", "close": "closed"},
+    ("i", "closed"): {"close": "closed"},       # a received CLOSE may be answered
+    ("r", "closed"): {},                        # already sent its CLOSE
+    ("i", "rejected"): {"close": "rejected"},
+    ("r", "rejected"): {},                      # already sent REJECT
 }
 CALLS = {
     "request": lambda c: c.request(SID),
@@ -294,20 +296,45 @@ CALLS = {
     "keepalive": lambda c: c.keepalive(),
     "close": lambda c: c.close("normal"),
 }
+ROLE = {"i": Role.INITIATOR, "r": Role.RESPONDER}
 
 
 @pytest.mark.parametrize("role, state, call", [
     (role, state, call) for role, state in LEGAL for call in CALLS])
 def test_every_local_call_in_every_state(role: str, state: str, call: str) -> None:
+    """Legal: the frame's bytes and the next state. Illegal: an error naming the state and the
+    frame type, and the state unchanged."""
     a, b = _states()[state]
     conn = a if role == "i" else b
     before = conn.state
     if call in LEGAL[(role, state)]:
         assert isinstance(CALLS[call](conn), bytes)
+        assert conn.state is StreamState[LEGAL[(role, state)][call].upper()]
     else:
-        with pytest.raises(LocalProtocolError):
+        with pytest.raises(LocalProtocolError) as info:
             CALLS[call](conn)
         assert conn.state is before
+        assert f"sends {call.upper()}" in str(info.value)
+        assert f"in state {before.name}" in str(info.value)
+
+
+def test_the_transition_table_is_the_protocol() -> None:
+    """`TRANSITIONS` holds exactly the steps the spec tables here allow, sent and received."""
+    spec = {(ROLE[role], StreamState[state.upper()], FrameType[call.upper()]):
+            StreamState[after.upper()]
+            for (role, state), calls in LEGAL.items() for call, after in calls.items()}
+    received = {(ROLE["r" if role == "i" else "i"], StreamState[state.upper()],
+                 FrameType[kind.upper()]): StreamState[after.upper()]
+                for (role, state), kinds in RECEIVABLE.items() for kind, after in kinds.items()}
+    assert all(spec.get(step, after) is after for step, after in received.items())
+    spec |= received
+    # A responder that received the initiator's CLOSE may answer it too (the fixtures' closed
+    # responder is the one that sent CLOSE).
+    spec[(Role.RESPONDER, StreamState.CLOSED, FrameType.CLOSE)] = StreamState.CLOSED
+    assert TRANSITIONS == spec
+    a, b = open_pair()
+    b.receive_data(a.close("normal"))
+    assert isinstance(b.close("normal"), bytes) and b.state is StreamState.CLOSED
 
 
 def test_close_only_once() -> None:
@@ -357,29 +384,34 @@ CLO = wire(FrameType.CLOSE, payload=b"bye")
 KAL = wire(FrameType.KEEPALIVE)
 BY_TYPE = {"request": REQ, "accept": ACC, "reject": REJ, "data": DAT, "close": CLO,
            "keepalive": KAL}
-RECEIVABLE = {  # (role, state) -> frame types that may arrive
-    ("i", "idle"): set(),
-    ("r", "idle"): {"request"},
-    ("i", "requested"): {"accept", "reject", "keepalive", "close"},
-    ("r", "requested"): {"keepalive", "close"},
-    ("i", "open"): {"data", "keepalive", "close"},
-    ("r", "open"): {"data", "keepalive", "close"},
+RECEIVABLE = {  # (role, state) -> the frame types that may arrive, each with the state after it
+    ("i", "idle"): {},
+    ("r", "idle"): {"request": "requested"},
+    ("i", "requested"): {"accept": "open", "reject": "rejected", "keepalive": "requested",
+                         "close": "closed"},
+    ("r", "requested"): {"keepalive": "requested", "close": "closed"},
+    ("i", "open"): {"data": "open", "keepalive": "open", "close": "closed"},
+    ("r", "open"): {"data": "open", "keepalive": "open", "close": "closed"},
 }
 
 
 @pytest.mark.parametrize("role, state, kind", [
     (role, state, kind) for role, state in RECEIVABLE for kind in BY_TYPE])
 def test_every_remote_frame_in_every_live_state(role: str, state: str, kind: str) -> None:
+    """Legal: one event and the next state. Illegal: "unexpected-<type>", a detail naming the
+    frame type and the state, and the stream CLOSED."""
     a, b = _states()[state]
     conn = a if role == "i" else b
     if kind in RECEIVABLE[(role, state)]:
         assert len(conn.receive_data(BY_TYPE[kind])) == 1
+        assert conn.state is StreamState[RECEIVABLE[(role, state)][kind].upper()]
     else:
         with pytest.raises(RemoteProtocolError) as info:
             conn.receive_data(BY_TYPE[kind])
         assert info.value.reason == f"unexpected-{kind}"
         assert conn.state is StreamState.CLOSED
         assert conn.close_reason == f"protocol: unexpected-{kind}"
+        assert kind.upper() in info.value.detail and f"in state {state.upper()}" in info.value.detail
 
 
 @pytest.mark.parametrize("state", ["closed", "rejected"])
