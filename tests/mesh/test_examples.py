@@ -1,4 +1,5 @@
-"""The three examples as real processes on 127.0.0.1 (mDNS off; peers dial the printed address)."""
+"""The three examples, and bench/stream_tone.py (the measuring tool that grew out of audio_chat),
+as real processes on 127.0.0.1 (mDNS off; peers dial the printed address)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 LISTEN = re.compile(r"^listening: (/ip4/127\.0\.0\.1/tcp/\d+/p2p/\w+)$")
+STREAM_TONE = "bench/stream_tone.py"
+
+
+def command(name: str) -> list[str]:
+    """An example by its name (run as a module), or a script of the repository by its path."""
+    if name.endswith(".py"):
+        return [sys.executable, name]
+    return [sys.executable, "-m", f"agent.mesh.examples.{name}"]
 
 
 class Example:
@@ -27,11 +36,11 @@ class Example:
 
     def __init__(self, name: str, *args: str, log_dir: Path) -> None:
         self.name = name
-        self.stderr_path = log_dir / f"{name}-{time.monotonic_ns()}.err"
+        self.stderr_path = log_dir / f"{Path(name).stem}-{time.monotonic_ns()}.err"
         self._stderr = self.stderr_path.open("wb")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", f"agent.mesh.examples.{name}", "--no-mdns", *args],
+            [*command(name), "--no-mdns", *args],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=self._stderr, text=True)
         self.lines: list[str] = []
         self._cond = threading.Condition()
@@ -128,18 +137,37 @@ def dominant_hz(path: Path) -> tuple[float, float]:
 
 
 def test_every_example_has_help():
-    for name in ("audio_chat", "discovery_monitor", "resilient_pubsub"):
-        run = subprocess.run([sys.executable, "-m", f"agent.mesh.examples.{name}", "--help"], cwd=ROOT,
+    for name in ("audio_chat", "discovery_monitor", "resilient_pubsub", STREAM_TONE):
+        run = subprocess.run([*command(name), "--help"], cwd=ROOT,
                              capture_output=True, text=True, timeout=30)
         assert run.returncode == 0, run.stderr
         for option in ("--port", "--dial", "--identity", "--mdns", "--no-mdns"):
             assert option in run.stdout, (name, option)
 
 
-def test_audio_chat_receiver_records_the_tone(spawn, tmp_path):
+def test_audio_chat_listen_and_dial(spawn):
+    """The short example: the dialling side requests a stream, sends 50 frames and closes it;
+    the listening side accepts and counts them."""
+    rx = spawn("audio_chat", "--no-kad")
+    tx = spawn("audio_chat", "--no-kad", "--dial", rx.address(), "--frames", "50")
+    assert tx.finish(None, timeout=30) == 0, tx.dump()
+    tx.wait_for(r"^requested stream [0-9a-f]+ from …\w+$")
+    tx.wait_for(r"^…\w+ accepted stream [0-9a-f]+$")
+    tx.wait_for(r"^sent 50 frames on stream [0-9a-f]+ and closed it$")
+    rx.wait_for(r"^accepted stream [0-9a-f]+ from …\w+$")
+    [ended] = rx.wait_for(r"^stream [0-9a-f]+ with …\w+ ended \(closed by peer: normal\): \d+ frames received$")
+    received = int(ended.split(": ")[-1].split()[0])
+    # Every frame is sent on a reliable stream; the sender's queue drops its oldest frames only
+    # when its writer falls behind for a whole buffer, which a loaded machine can cause.
+    assert 45 <= received <= 50, ended
+    assert rx.finish(signal.SIGTERM) == 0, rx.dump()
+    rx.wait_for(rf"^summary: stopped by SIGTERM; 1 streams accepted, {received} frames received$")
+
+
+def test_stream_tone_receiver_records_the_tone(spawn, tmp_path):
     wav_path = tmp_path / "heard.wav"
-    rx = spawn("audio_chat", "--no-kad", "--record", str(wav_path), "--streams", "1")
-    tx = spawn("audio_chat", "--no-kad", "--dial", rx.address(), "--send-tone", "440", "--seconds", "2")
+    rx = spawn(STREAM_TONE, "--no-kad", "--record", str(wav_path), "--streams", "1")
+    tx = spawn(STREAM_TONE, "--no-kad", "--dial", rx.address(), "--send-tone", "440", "--seconds", "2")
     assert tx.finish(None, timeout=30) == 0, tx.dump()
     assert rx.finish(None, timeout=15) == 0, rx.dump()
 
@@ -156,10 +184,10 @@ def test_audio_chat_receiver_records_the_tone(spawn, tmp_path):
     assert abs(hz - 440) < 5, hz
 
 
-def test_audio_chat_reject_and_stats_mode(spawn):
+def test_stream_tone_reject_and_stats_mode(spawn):
     """A receiver that rejects: the sender reports the refusal and sends nothing."""
-    rx = spawn("audio_chat", "--no-kad", "--reject")
-    tx = spawn("audio_chat", "--no-kad", "--dial", rx.address(), "--send-tone", "300", "--seconds", "1")
+    rx = spawn(STREAM_TONE, "--no-kad", "--reject")
+    tx = spawn(STREAM_TONE, "--no-kad", "--dial", rx.address(), "--send-tone", "300", "--seconds", "1")
     assert tx.finish(None, timeout=30) == 0, tx.dump()
     tx.wait_for(r"not accepted: rejected: not listening")
     tx.wait_for(r"frames sent 0, frames received 0")
