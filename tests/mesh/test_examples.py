@@ -154,6 +154,7 @@ def test_audio_chat_listen_and_dial(spawn):
     tx.wait_for(r"^requested stream [0-9a-f]+ from …\w+$")
     tx.wait_for(r"^…\w+ accepted stream [0-9a-f]+$")
     tx.wait_for(r"^sent 50 frames on stream [0-9a-f]+ and closed it$")
+    tx.wait_for(r"^stream [0-9a-f]+ with …\w+ ended \(normal\)$")
     rx.wait_for(r"^accepted stream [0-9a-f]+ from …\w+$")
     [ended] = rx.wait_for(r"^stream [0-9a-f]+ with …\w+ ended \(closed by peer: normal\): \d+ frames received$")
     received = int(ended.split(": ")[-1].split()[0])

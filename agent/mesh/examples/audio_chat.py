@@ -60,8 +60,8 @@ async def chat(args: argparse.Namespace) -> int:
                     case AudioData(stream_id=stream_id):
                         received[stream_id] += 1
                     case AudioStreamClosed(peer_id=peer, stream_id=stream_id, reason=reason):
-                        out(f"stream {stream_id:x} with {short(peer)} ended ({reason}): "
-                            f"{received[stream_id]} frames received")
+                        count = f": {received[stream_id]} frames received" if stream_id in accepted else ""
+                        out(f"stream {stream_id:x} with {short(peer)} ended ({reason}){count}")
                         if target is not None:
                             return  # the dialling side is done once its stream ended
 
