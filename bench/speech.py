@@ -21,6 +21,12 @@ Needs root (namespaces), espeak-ng and sox (apt; scripts/bootstrap.sh installs t
 pystoi (`pip install -e '.[bench]'`, in the test extra too).
 
     .venv/bin/python bench/speech.py [--runs 5] [--quick] [--only clean,loss10] [--set codec=pcm]
+        [--variant NAME:KEY=VALUE,...] [--variant NAME:checkout=/path/to/other/checkout]
+
+A variant runs interleaved with the baseline, run by run (alternating which goes first), so
+both see the same machine load: [talk] settings on top of --set's, and/or ``checkout=PATH`` to run
+the agents from another checkout of the project (its own .venv from scripts/bootstrap.sh; e.g.
+`git worktree add /tmp/base <commit>` for the code before a change). Each run prints the load.
 """
 
 from __future__ import annotations
@@ -98,7 +104,17 @@ def fmt_range(xs: list[float], nd: int = 2) -> str:
     return f"{median(xs):.{nd}f} ({min(xs):.{nd}f}–{max(xs):.{nd}f})"
 
 
-def row(link: Link, results: list[RunResult]) -> tuple[str, dict[str, Any]]:
+def parse_settings(text: str) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for kv in (x for x in text.split(",") if x):
+        k, sep, v = kv.partition("=")
+        if not sep or not k:
+            raise SystemExit(f"bench/speech.py: expected KEY=VALUE, got {kv!r}")
+        out[k] = int(v) if v.lstrip("-").isdigit() else (v.lower() == "true" if v.lower() in ("true", "false") else v)
+    return out
+
+
+def row(link: Link, results: list[RunResult], name: str | None = None) -> tuple[str, dict[str, Any]]:
     ok = [r for r in results if r.score is not None]
     pesq = [r.score.pesq_wb for r in ok]  # type: ignore[union-attr]
     stoi = [r.score.stoi for r in ok]  # type: ignore[union-attr]
@@ -111,7 +127,7 @@ def row(link: Link, results: list[RunResult]) -> tuple[str, dict[str, Any]]:
     tx = [r.tx_bytes_per_s for r in results]
     rx = [r.rx_bytes_per_s for r in results]
     errors = [r.error for r in results if r.error]
-    text = (f"| {link.name} | {len(ok)}/{len(results)} | {fmt_range(pesq)} | {fmt_range(stoi, 3)} | "
+    text = (f"| {link.name}{' ' + name if name else ''} | {len(ok)}/{len(results)} | {fmt_range(pesq)} | {fmt_range(stoi, 3)} | "
             f"{fmt_range(length, 3)} | {min(conc) if conc else '–'}–{max(conc) if conc else '–'} | "
             f"{fmt_range(stretched, 0)} | {fmt_range(p50, 0)} / {fmt_range(p95, 0)} / {fmt_range(p99, 0)} | "
             f"{fmt_range(tx, 0)} / {fmt_range(rx, 0)} |")
@@ -127,6 +143,9 @@ def main() -> int:
     ap.add_argument("--only", default="", help="comma-separated condition names (default: all)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a [talk] setting for both agents, e.g. codec=pcm, opus_frame_ms=20")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                    help="also run this variant, interleaved run by run with the baseline: [talk] "
+                         "settings on top of --set's; checkout=PATH runs another checkout's agents")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (WAVs, logs)")
     args = ap.parse_args()
     why = speech_tools_missing()
@@ -141,45 +160,57 @@ def main() -> int:
         return 2
     runs = 1 if args.quick else args.runs
     links = [lk for lk in LINKS if not args.only or lk.name in args.only.split(",")]
-    talk: dict[str, object] = {}
-    for kv in args.set:
-        k, _, v = kv.partition("=")
-        talk[k] = int(v) if v.lstrip("-").isdigit() else (v.lower() == "true" if v.lower() in ("true", "false") else v)
+    talk = parse_settings(",".join(args.set))
+    variants: list[tuple[str, dict[str, object], Path | None]] = [("base" if args.variant else "", talk, None)]
+    for spec in args.variant:
+        name, sep, rest = spec.partition(":")
+        if not sep or not name:
+            raise SystemExit(f"bench/speech.py: --variant NAME:KEY=VALUE,..., got {spec!r}")
+        settings = parse_settings(rest)
+        checkout = settings.pop("checkout", None)
+        if checkout is not None and not (Path(str(checkout)) / ".venv" / "bin" / "python").exists():
+            raise SystemExit(f"bench/speech.py: {checkout}/.venv/bin/python not found (run scripts/bootstrap.sh there)")
+        variants.append((name, {**talk, **settings}, None if checkout is None else Path(str(checkout)).resolve()))
     work = Path(tempfile.mkdtemp(prefix="avi-speech-"))
     speech = make_speech_wav(work / "speech.wav")
     print(f"speech: {len(read_wav(speech)) / 16000:.1f} s of espeak-ng (4 Harvard sentences); "
-          f"{runs} run(s) per condition; talk settings: {talk or 'defaults'}; load at start "
+          f"{runs} run(s) per condition; talk settings: {talk or 'defaults'}; "
+          + "".join(f"variant {n}: {t or 'defaults'}{' from ' + str(c) if c else ''}; " for n, t, c in variants[1:])
+          + "load at start "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}; work dir {work}", flush=True)
     table = ["| link | scored | PESQ-WB | STOI | length | concealed | stretched ms | mouth-to-ear p50 / p95 / p99 ms "
              "| bytes/s on the wire, stream / back |",
              "|---|---|---|---|---|---|---|---|---|"]
-    summaries: dict[str, dict[str, Any]] = {}
+    summaries: dict[tuple[str, str], dict[str, Any]] = {}
     t_start = time.monotonic()
     with Rig(2, "10.79.0.0/24") as rig:
         for link in links:
-            results = []
+            results: dict[str, list[RunResult]] = {name: [] for name, _, _ in variants}
             for r in range(runs):
-                d = work / f"{link.name}-{r}"
-                d.mkdir()
-                res = run_speech(rig, speech, link, d, talk=talk)
-                for retry in range(2):  # a talker that missed its press (start-up under load) is no figure
-                    if res.error is None or "not talking through the speech" not in res.error:
-                        break
-                    print(f"  {link.name} run {r + 1}: again ({res.error})", flush=True)
-                    d = work / f"{link.name}-{r}-again{retry}"
+                for name, settings, checkout in (variants if r % 2 == 0 else variants[::-1]):
+                    label = f"{link.name}{' ' + name if name else ''}"
+                    d = work / f"{link.name}-{name or 'base'}-{r}"
                     d.mkdir()
-                    res = run_speech(rig, speech, link, d, talk=talk)
-                results.append(res)
-                s = res.score
-                print(f"  {link.name} run {r + 1}: " + (f"PESQ {s.pesq_wb:.2f} STOI {s.stoi:.3f} len {s.length_ratio:.3f}"
-                      if s else f"no score ({res.error})") +
-                      f", concealed {res.status.get('frames_concealed')}, stretched {res.status.get('stretched_ms')} ms, "
-                      f"p50/p95/p99 {res.status.get('latency_p50_ms')}/{res.status.get('latency_p95_ms')}/"
-                      f"{res.status.get('latency_p99_ms')} ms, {res.tx_bytes_per_s:.0f} B/s in "
-                      f"{res.tx_segments_per_s:.1f} data segments/s, "
-                      f"load {res.load[0]:.1f}", flush=True)
-            text, summaries[link.name] = row(link, results)
-            table.append(text)
+                    res = run_speech(rig, speech, link, d, talk=settings, checkout=checkout)
+                    for retry in range(2):  # a talker that missed its press (start-up under load) is no figure
+                        if res.error is None or "not talking through the speech" not in res.error:
+                            break
+                        print(f"  {label} run {r + 1}: again ({res.error})", flush=True)
+                        d = work / f"{link.name}-{name or 'base'}-{r}-again{retry}"
+                        d.mkdir()
+                        res = run_speech(rig, speech, link, d, talk=settings, checkout=checkout)
+                    results[name].append(res)
+                    s = res.score
+                    print(f"  {label} run {r + 1}: " + (f"PESQ {s.pesq_wb:.2f} STOI {s.stoi:.3f} len {s.length_ratio:.3f}"
+                          if s else f"no score ({res.error})") +
+                          f", concealed {res.status.get('frames_concealed')}, stretched {res.status.get('stretched_ms')} ms, "
+                          f"p50/p95/p99 {res.status.get('latency_p50_ms')}/{res.status.get('latency_p95_ms')}/"
+                          f"{res.status.get('latency_p99_ms')} ms, {res.tx_bytes_per_s:.0f} B/s in "
+                          f"{res.tx_segments_per_s:.1f} segments > 100 B/s, "
+                          f"load {res.load[0]:.1f}", flush=True)
+            for name, _, _ in variants:
+                text, summaries[(link.name, name)] = row(link, results[name], name)
+                table.append(text)
     print()
     print("\n".join(table))
     print()
@@ -187,23 +218,25 @@ def main() -> int:
     print("| frame loss | Opus 32k 20 ms + FEC, PESQ-WB | PCM + faded repeat |\n|---|---|---|")
     print("\n".join(anchor(speech, [2, 5, 10, 20], max(runs, 3))))
     print()
-    print("Goals (default settings):")
-    for name, goal in PESQ_GOALS.items():
-        if name in summaries:
-            got = summaries[name]["pesq"]
-            print(f"  PESQ-WB at {name}: {got:.2f} (goal >= {goal}) {'met' if got >= goal else 'NOT met'}")
-    lossy = [s["p95"] for n, s in summaries.items() if n.startswith("loss") and s["p95"] is not None]
-    if lossy:
-        print(f"  mouth-to-ear p95 under loss, worst run: {max(lossy):.0f} ms (goal <= {P95_GOAL_MS:.0f}) "
-              f"{'met' if max(lossy) <= P95_GOAL_MS else 'NOT met'}")
-    if "clean" in summaries and summaries["clean"]["p50"] is not None:
-        p = summaries["clean"]["p50"]
-        print(f"  mouth-to-ear p50 clean: {p:.0f} ms (goal <= {P50_CLEAN_GOAL_MS:.0f}) "
-              f"{'met' if p <= P50_CLEAN_GOAL_MS else 'NOT met'}")
-    txs = [s["tx"] for s in summaries.values() if s["tx"] is not None]
-    if txs:
-        print(f"  bytes/s per stream on the wire, median per condition: {min(txs):.0f}–{max(txs):.0f} "
-              f"(goal <= {WIRE_GOAL_BPS:.0f}) {'met' if max(txs) <= WIRE_GOAL_BPS else 'NOT met'}")
+    for vname, _, _ in variants:
+        print(f"Goals ({'variant ' + vname if vname and vname != 'base' else 'default settings' if not talk else 'these settings'}):")
+        mine = {link: v for (link, n), v in summaries.items() if n == vname}
+        for name, goal in PESQ_GOALS.items():
+            if name in mine:
+                got = mine[name]["pesq"]
+                print(f"  PESQ-WB at {name}: {got:.2f} (goal >= {goal}) {'met' if got >= goal else 'NOT met'}")
+        lossy = [v["p95"] for n, v in mine.items() if n.startswith("loss") and v["p95"] is not None]
+        if lossy:
+            print(f"  mouth-to-ear p95 under loss, worst run: {max(lossy):.0f} ms (goal <= {P95_GOAL_MS:.0f}) "
+                  f"{'met' if max(lossy) <= P95_GOAL_MS else 'NOT met'}")
+        if "clean" in mine and mine["clean"]["p50"] is not None:
+            p = mine["clean"]["p50"]
+            print(f"  mouth-to-ear p50 clean: {p:.0f} ms (goal <= {P50_CLEAN_GOAL_MS:.0f}) "
+                  f"{'met' if p <= P50_CLEAN_GOAL_MS else 'NOT met'}")
+        txs = [v["tx"] for v in mine.values() if v["tx"] is not None]
+        if txs:
+            print(f"  bytes/s per stream on the wire, median per condition: {min(txs):.0f}–{max(txs):.0f} "
+                  f"(goal <= {WIRE_GOAL_BPS:.0f}) {'met' if max(txs) <= WIRE_GOAL_BPS else 'NOT met'}")
     print(f"took {time.monotonic() - t_start:.0f} s; load at end {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     if not args.keep:
         import shutil

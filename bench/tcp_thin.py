@@ -78,6 +78,17 @@ def receiver(host: str, port: int, opts: list[str]) -> None:
     print(json.dumps({"delays_ms": delays, "applied": applied}), flush=True)
 
 
+def tcp_info(sock: socket.socket) -> dict[str, int]:
+    """A few counters of the kernel's struct tcp_info (linux/tcp.h offsets, Linux >= 5.4)."""
+    raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    def u32(off: int) -> int:
+        return struct.unpack_from("<I", raw, off)[0] if len(raw) >= off + 4 else -1
+    def u64(off: int) -> int:
+        return struct.unpack_from("<Q", raw, off)[0] if len(raw) >= off + 8 else -1
+    return {"total_retrans": u32(100), "data_segs_out": u32(156), "bytes_sent": u64(200),
+            "bytes_retrans": u64(208), "dsack_dups": u32(216)}
+
+
 def sender(host: str, port: int, opts: list[str], seconds: float, period_ms: float, size: int) -> None:
     s = socket.create_connection((host, port))
     applied = apply(s, opts)
@@ -88,8 +99,9 @@ def sender(host: str, port: int, opts: list[str], seconds: float, period_ms: flo
         ts = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         s.sendall(HDR.pack(ts, size) + bytes(size))
     time.sleep(1.0)
+    info = tcp_info(s)
     s.close()
-    print(json.dumps({"sent": n, "applied": applied}), flush=True)
+    print(json.dumps({"sent": n, "applied": applied, "info": info}), flush=True)
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -103,6 +115,9 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--period-ms", type=float, default=40.0)
     ap.add_argument("--size", type=int, default=200)
+    ap.add_argument("--dump", type=Path, help="write each setting's one-way delays (ms, in send order) "
+                    "to this JSON file, for bench/playout_replay.py")
+    ap.add_argument("--only", default="", help="comma-separated setting names (default: all)")
     ap.add_argument("--role", choices=["send", "recv"], help=argparse.SUPPRESS)
     ap.add_argument("--addr", help=argparse.SUPPRESS)
     ap.add_argument("--opts", default="", help=argparse.SUPPRESS)
@@ -124,12 +139,19 @@ def main() -> int:
         ("sockopt-rto-min 20ms", ["rtomin=20000"], False),
         ("route-rto-min 20ms", [], True),
         ("route-rto-min + thin-linear", ["thin"], True),
+        ("sockopt-rto-min 20ms + thin-linear", ["rtomin=20000", "thin"], False),
+        ("sockopt-rto-min 40ms", ["rtomin=40000"], False),
+        ("sockopt-rto-min 50ms", ["rtomin=50000"], False),
     ]
+    if a.only:
+        settings = [s for s in settings if s[0] in a.only.split(",")]
     losses = a.loss or [10.0]
     print(f"{a.size} B every {a.period_ms:g} ms for {a.seconds:g} s per setting; kernel {os.uname().release}; "
           f"load {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
-    print("| loss | setting | delivered | p50 | p95 | p99 | max ms | > 100 ms | > 200 ms |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| loss | setting | delivered | p50 | p95 | p99 | max ms | > 100 ms | > 200 ms "
+          "| segments sent per message | of them spurious (D-SACKed) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    traces: list[dict[str, object]] = []
     with Rig(2, "10.80.0.0/24") as rig:
         tx, rx = rig[0], rig[1]
         port = 5100
@@ -148,17 +170,24 @@ def main() -> int:
                 assert read_line(r, 10) == "ready"
                 s = tx.exec([*argv, "--role", "send"], stdout=subprocess.PIPE, text=True)
                 sent = json.loads(s.communicate(timeout=a.seconds + 60)[0])
-                got = json.loads(r.communicate(timeout=30)[0])
+                got = json.loads(r.communicate(timeout=180)[0])
+                info = sent["info"]
                 rx.set_loss(0)
                 d = got["delays_ms"]
+                traces.append({"loss": loss, "setting": name, "period_ms": a.period_ms, "delays_ms": d,
+                               "load": os.getloadavg()[0]})
                 late100 = sum(x > 100 for x in d) / max(1, len(d)) * 100
                 late200 = sum(x > 200 for x in d) / max(1, len(d)) * 100
                 applied = ",".join(sorted(set(sent["applied"] + got["applied"]))) or "-"
                 print(f"| {loss:g} % | {name} ({applied}) | {len(d)}/{sent['sent']} | {pct(d, 50):.1f} | "
-                      f"{pct(d, 95):.1f} | {pct(d, 99):.1f} | {max(d):.0f} | {late100:.1f} % | {late200:.1f} % |",
+                      f"{pct(d, 95):.1f} | {pct(d, 99):.1f} | {max(d):.0f} | {late100:.1f} % | {late200:.1f} % | "
+                      f"{info['data_segs_out'] / sent['sent']:.2f} | {info['dsack_dups'] / sent['sent']:.2f} |",
                       flush=True)
         for h in (tx, rx):
             h.run(["ip", "route", "replace", "10.80.0.0/24", "dev", "eth0"])
+    if a.dump:
+        a.dump.write_text(json.dumps({"kernel": os.uname().release, "size": a.size, "traces": traces}))
+        print(f"delays written to {a.dump}")
     return 0
 
 

@@ -13,6 +13,7 @@ import subprocess
 import wave
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -158,7 +159,7 @@ class RunResult:
     talker_status: dict[str, object]
     tx_bytes_per_s: float       # talker -> listener on the wire during the talk, idle rate taken off
     rx_bytes_per_s: float       # listener -> talker (ACKs) during the talk, idle rate taken off
-    tx_segments_per_s: float    # TCP segments with data talker -> listener, idle rate taken off
+    tx_segments_per_s: float    # TCP segments > 100 B talker -> listener, idle rate taken off
     load: tuple[float, float, float]
     wav: Path
     error: str | None = None
@@ -176,22 +177,34 @@ def _toml(tables: dict[str, dict[str, object]], presses: list[tuple[float, float
     return "\n".join(lines) + "\n"
 
 
-WIRE_OVERHEAD = 66  # bytes per segment below TCP's payload: Ethernet 14 + IPv4 20 + TCP 20 + timestamps 12
+ETHERNET_HEADER = 14  # bytes per packet below IP, counted on the wire too
+ACCT_TABLE = "speech_acct"
 
 
-def _dev_bytes(host: object, peer_ip: str) -> tuple[int, int, int]:
-    """(rx, tx, tx segments) bytes on the wire of the host's TCP connections with ``peer_ip`` (``ss``: payload
-    bytes, retransmissions included, plus the headers of every segment). Only the talker's
-    connection with the listener: other traffic of the namespace (the monitor) is left out."""
-    out = host.run(["ss", "-tinH", "state", "established", "dst", peer_ip]).stdout  # type: ignore[attr-defined]
-    rx = tx = segs = 0
-    for line in out.splitlines():
-        fields = dict(f.split(":", 1) for f in line.split() if ":" in f and f.split(":", 1)[0] in
-                      ("bytes_sent", "bytes_received", "segs_out", "segs_in", "data_segs_out"))
-        if "segs_out" in fields:
-            tx += int(fields.get("bytes_sent", 0)) + int(fields["segs_out"]) * WIRE_OVERHEAD
-            rx += int(fields.get("bytes_received", 0)) + int(fields.get("segs_in", 0)) * WIRE_OVERHEAD
-            segs += int(fields.get("data_segs_out", 0))
+def _count_script(peer_ip: str) -> str:
+    """nftables counters in a host's namespace: every IPv4 TCP packet it sends to ``peer_ip``
+    (retransmissions included: counted as they leave), and those longer than 100 B (segments
+    carrying audio; pure ACKs, even with SACK blocks, are shorter)."""
+    return (f"add table inet {ACCT_TABLE}\n"
+            f"add chain inet {ACCT_TABLE} out {{ type filter hook output priority 0; policy accept; }}\n"
+            f"flush chain inet {ACCT_TABLE} out\n"
+            f"add rule inet {ACCT_TABLE} out ip daddr {peer_ip} meta l4proto tcp counter\n"
+            f"add rule inet {ACCT_TABLE} out ip daddr {peer_ip} meta l4proto tcp ip length > 100 counter\n")
+
+
+def _counted(host: object) -> tuple[int, int]:
+    """(bytes on the wire, segments > 100 B) sent so far, from the counters of `_count_script`."""
+    import json
+
+    out = host.run(["nft", "-j", "list", "chain", "inet", ACCT_TABLE, "out"]).stdout  # type: ignore[attr-defined]
+    every, big = [e["rule"]["expr"][-1]["counter"] for e in json.loads(out)["nftables"] if "rule" in e]
+    return every["bytes"] + ETHERNET_HEADER * every["packets"], big["packets"]
+
+
+def _wire(talker: object, listener: object) -> tuple[int, int, int]:
+    """(listener -> talker bytes, talker -> listener bytes, talker -> listener segments > 100 B)."""
+    tx, segs = _counted(talker)
+    rx, _ = _counted(listener)
     return rx, tx, segs
 
 
@@ -213,9 +226,11 @@ def _stream_open_s(log: Path) -> float | None:
 
 
 def run_speech(rig: object, speech: Path, link: Link, workdir: Path, *, talk: dict[str, object] | None = None,
-               python: str | None = None) -> RunResult:
+               python: str | None = None, checkout: Path | None = None) -> RunResult:
     """One talk of ``speech`` from agent a (rig host 0) to agent b (host 1) over ``link``;
-    b's recording scored against the speech. ``talk`` overrides [talk] settings of both."""
+    b's recording scored against the speech. ``talk`` overrides [talk] settings of both.
+    ``checkout``: run the agents and the monitor from another checkout of the project (its
+    ``.venv``, made by scripts/bootstrap.sh), e.g. a baseline commit in the same bench run."""
     import os
     import subprocess
     import sys
@@ -226,6 +241,8 @@ def run_speech(rig: object, speech: Path, link: Link, workdir: Path, *, talk: di
     from agent.mesh.identity import new_identity, peer_id_of, write_identity
     from agent.simulate import SimNode, start, stop
 
+    if checkout is not None and python is None:
+        python = str(checkout / ".venv" / "bin" / "python")
     python = python or sys.executable
     workdir.mkdir(parents=True, exist_ok=True)
     ha, hb = rig[0], rig[1]  # type: ignore[index]
@@ -272,11 +289,19 @@ def run_speech(rig: object, speech: Path, link: Link, workdir: Path, *, talk: di
     error = None
     if link.loss_percent:
         hb.set_loss(link.loss_percent)
-    repo = Path(__file__).resolve().parent.parent
+    from tests.netrig._sh import nft
+
+    nft(ha.ns, _count_script(hb.ip))
+    nft(hb.ns, _count_script(ha.ip))
+    repo = checkout or Path(__file__).resolve().parent.parent
+
+    def on(host: Any) -> Any:  # start an agent there with our interpreter, from ``repo``
+        return lambda argv, **kw: host.exec([python, *argv[1:]], cwd=str(repo), **kw)
+
     tx = rx = segs = 0.0
     try:
-        start(a, ha.exec)
-        start(b, hb.exec)
+        start(a, on(ha))
+        start(b, on(hb))
         t0 = time.monotonic()
         with monitor_out.open("w") as out, (workdir / "monitor.log").open("w") as err:
             monitor = hb.exec([python, "-m", "agent", "monitor", "--config", str(b.dir / "agent.toml"),
@@ -287,17 +312,17 @@ def run_speech(rig: object, speech: Path, link: Link, workdir: Path, *, talk: di
         def sleep_until(t: float) -> None:
             time.sleep(max(0.0, t0 + t - time.monotonic()))
         sleep_until(PRESS_AT_S - 2.5)
-        b0, tb0 = _dev_bytes(ha, hb.ip), time.monotonic()
+        b0, tb0 = _wire(ha, hb), time.monotonic()
         sleep_until(PRESS_AT_S - 0.2)
-        b1, tb1 = _dev_bytes(ha, hb.ip), time.monotonic()
+        b1, tb1 = _wire(ha, hb), time.monotonic()
         sleep_until(PRESS_AT_S + LEAD_S)
-        s0, ts0 = _dev_bytes(ha, hb.ip), time.monotonic()
+        s0, ts0 = _wire(ha, hb), time.monotonic()
         sleep_until(PRESS_AT_S + LEAD_S + clip_s - 0.5)
-        s1, ts1 = _dev_bytes(ha, hb.ip), time.monotonic()
+        s1, ts1 = _wire(ha, hb), time.monotonic()
         sleep_until(PRESS_AT_S + hold_s + 0.5)
-        i0, ti0 = _dev_bytes(ha, hb.ip), time.monotonic()
+        i0, ti0 = _wire(ha, hb), time.monotonic()
         sleep_until(PRESS_AT_S + hold_s + TAIL_S - 0.2)
-        i1, ti1 = _dev_bytes(ha, hb.ip), time.monotonic()
+        i1, ti1 = _wire(ha, hb), time.monotonic()
         # the quieter of the windows before the press and after the release (start-up traffic
         # or a stream's tail in the other would make the stream look cheaper than it is)
         idle_rx, idle_tx, idle_segs = (min((i1[k] - i0[k]) / (ti1 - ti0), (b1[k] - b0[k]) / (tb1 - tb0))
