@@ -77,11 +77,11 @@ def replay(packets: list[tuple[int, bytes]], delays_ms: list[float], kwargs: dic
     po = AdaptivePlayout(fmt, lambda c: make_codec(c, fmt), **kwargs)
     packet_us = packets[1][0] - packets[0][0]
     arrivals = []
+    last = 0
     for seq, ((ts, payload), d) in enumerate(zip(packets, delays_ms)):
         sent = ts + packet_us  # a packet leaves once its last frame is captured
-        arrivals.append((sent + int(d * 1000), seq, ts, payload))
-    # TCP delivers in order: a message's delay is measured on arrival, already in order
-    arrivals.sort(key=lambda a: (a[0], a[1]))
+        last = max(last, sent + int(d * 1000))  # TCP delivers in order (measured traces already are)
+        arrivals.append((last, seq, ts, payload))
     close_at = arrivals[-1][0] + 1
     out: list[bytes] = []
     lat: list[float] = []

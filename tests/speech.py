@@ -138,6 +138,7 @@ RELAY_PORT = 4002
 PRESS_AT_S = 7.0      # after the agents start: the mesh and the group announcements, under loss
 LEAD_S = 1.0          # the speech starts this long after the press (the source plays from its open)
 TAIL_S = 3.0          # listened to after the release
+START_SLACK_S = 15.0  # an agent under load starts this much later than spawned, at most
 
 
 @dataclass(frozen=True)
@@ -206,6 +207,20 @@ def _wire(talker: object, listener: object) -> tuple[int, int, int]:
     tx, segs = _counted(talker)
     rx, _ = _counted(listener)
     return rx, tx, segs
+
+
+def _pressed_at(log: Path) -> float | None:
+    """The talker's press (its log line), as time.time() seconds, or None before it."""
+    from datetime import datetime
+
+    try:
+        text = log.read_text(errors="replace")
+    except FileNotFoundError:
+        return None
+    for line in text.splitlines():
+        if "talk: talking to group" in line:
+            return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S.%f").timestamp()
+    return None
 
 
 def _stream_open_s(log: Path) -> float | None:
@@ -305,36 +320,41 @@ def run_speech(rig: object, speech: Path, link: Link, workdir: Path, *, talk: di
         t0 = time.monotonic()
         with monitor_out.open("w") as out, (workdir / "monitor.log").open("w") as err:
             monitor = hb.exec([python, "-m", "agent", "monitor", "--config", str(b.dir / "agent.toml"),
-                               "--dial", b.addr, "--json", "--duration", str(watch_s)],
+                               "--dial", b.addr, "--json", "--duration", str(watch_s + START_SLACK_S)],
                               cwd=repo, stdout=out, stderr=err)
-        # bytes on the talker's link during the speech, less the idle rate (status, announcements,
-        # keepalives) before the press and after the release
-        def sleep_until(t: float) -> None:
-            time.sleep(max(0.0, t0 + t - time.monotonic()))
-        sleep_until(PRESS_AT_S - 2.5)
-        b0, tb0 = _wire(ha, hb), time.monotonic()
-        sleep_until(PRESS_AT_S - 0.2)
-        b1, tb1 = _wire(ha, hb), time.monotonic()
-        sleep_until(PRESS_AT_S + LEAD_S)
-        s0, ts0 = _wire(ha, hb), time.monotonic()
-        sleep_until(PRESS_AT_S + LEAD_S + clip_s - 0.5)
-        s1, ts1 = _wire(ha, hb), time.monotonic()
-        sleep_until(PRESS_AT_S + hold_s + 0.5)
-        i0, ti0 = _wire(ha, hb), time.monotonic()
-        sleep_until(PRESS_AT_S + hold_s + TAIL_S - 0.2)
-        i1, ti1 = _wire(ha, hb), time.monotonic()
-        # the quieter of the windows before the press and after the release (start-up traffic
-        # or a stream's tail in the other would make the stream look cheaper than it is)
-        idle_rx, idle_tx, idle_segs = (min((i1[k] - i0[k]) / (ti1 - ti0), (b1[k] - b0[k]) / (tb1 - tb0))
-                                       for k in (0, 1, 2))
-        segs = (s1[2] - s0[2]) / (ts1 - ts0) - idle_segs
-        rx = (s1[0] - s0[0]) / (ts1 - ts0) - idle_rx
-        tx = (s1[1] - s0[1]) / (ts1 - ts0) - idle_tx
-        while time.monotonic() - t0 < watch_s + 20 and monitor.poll() is None:
+        # Bytes on the talker's link, sampled through the run; afterwards the windows are placed
+        # by the talker's own press (logged): under load an agent starts seconds after its spawn,
+        # and its press and microphone count from its own start.
+        samples: list[tuple[float, tuple[int, int, int]]] = []
+        pressed: float | None = None
+        while monitor.poll() is None and time.monotonic() - t0 < watch_s + START_SLACK_S + 20:
             for n in (a, b):
                 if n.proc is None or n.proc.poll() is not None:
                     raise RuntimeError(f"agent {n.name} exited: {n.log.read_text()[-2000:]}")
+            samples.append((time.time(), _wire(ha, hb)))
+            if pressed is None:
+                pressed = _pressed_at(a.log)
+            elif time.time() > pressed + hold_s + TAIL_S:
+                break
             time.sleep(0.2)
+        if pressed is None:
+            raise RuntimeError("the talker never pressed (no 'talking to group' in its log)")
+
+        def rates(t_from: float, t_to: float) -> tuple[float, ...]:
+            inside = [(t, c) for t, c in samples if t_from <= t <= t_to]
+            if len(inside) < 2 or inside[-1][0] - inside[0][0] < 0.5 * (t_to - t_from):
+                raise RuntimeError(f"too few byte samples between {t_from - pressed:+.1f} and "
+                                   f"{t_to - pressed:+.1f} s of the press")
+            (ta, ca), (tb, cb) = inside[0], inside[-1]
+            return tuple((cb[k] - ca[k]) / (tb - ta) for k in range(3))
+
+        before = rates(pressed - 2.5, pressed - 0.2)
+        talking = rates(pressed + LEAD_S, pressed + LEAD_S + clip_s - 0.5)
+        after = rates(pressed + hold_s + 0.5, pressed + hold_s + TAIL_S - 0.2)
+        # the quieter of the windows before the press and after the release (start-up traffic
+        # or a stream's tail in the other would make the stream look cheaper than it is)
+        idle = [min(x, y) for x, y in zip(before, after)]
+        rx, tx, segs = (talking[k] - idle[k] for k in range(3))
     except Exception as exc:  # reported in the table, not raised: one bad run is a figure too
         error = f"{type(exc).__name__}: {exc}"
     finally:
