@@ -103,3 +103,8 @@ class LevelMeter:
     @property
     def clipped(self) -> int:
         return self._clipped
+
+    @property
+    def window_done(self) -> bool:
+        """True right after the frame that completed a window (before the next is added)."""
+        return self._n == 0 and self._frames > 0

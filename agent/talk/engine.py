@@ -2,9 +2,11 @@
 
 Tasks (one nursery, all started by `run`):
 
-- **capture**: reads the source all the time (a microphone that is not read overruns), and
-  while the button is held encodes each frame once and queues it on every outgoing stream
-  with its capture timestamp (`send_audio` never waits for the network).
+- **capture**: while the button is held, reads the source and encodes each frame once and
+  queues it on every outgoing stream with its capture timestamp (`send_audio` never waits for
+  the network). While it is not, the microphone is read for one level window (1 s) every
+  ``IDLE_METER_S`` (and at once after a gain change) and stopped in between: an idle node does
+  not wake 50 times a second; a press starts it again at once.
 - **button**: pressed plans a relay tree over the members of the current talk group
   (`relay.py`), publishes it, and opens a stream to the talker's children in it (at most
   ``talk.relay_fanout``); released closes them. A stuck button stops after ``max_talk_s``.
@@ -13,11 +15,12 @@ Tasks (one nursery, all started by `run`):
   the talker once and no node sends more than ``relay_fanout`` copies of a frame.
 - **playout**: every frame period pulls one frame of PCM from each incoming stream's adaptive
   playout (jitter buffer, decoder, concealment and time-stretching: playout.py), mixes, and
-  hands the frame to a bounded drop-oldest queue. It runs when nobody
-  talks too (silence), so the sound card plays continuously and never underruns at the
-  start and end of every talk.
-- **sink**: takes frames from that queue and writes them to the sink; the mouth-to-ear
-  latency of each frame is measured here (sink hand-off time minus capture timestamp).
+  hands the frame to a bounded drop-oldest queue. It runs on for a level window of silence
+  after the last stream ends (so the talk's tail plays out and the playback level falls to
+  silence), then stops the sink until an incoming stream or a local sound wakes it.
+- **sink**: takes frames from that queue and writes them to the sink, one frame of silence
+  ahead whenever the device (re)starts so it never underruns; the mouth-to-ear latency of each
+  frame is measured here (sink hand-off time minus capture timestamp).
 - **announce**: publishes this node's talk groups (see `groups.py`).
 - **housekeeping**: answers stream requests from peers whose groups are not known yet.
 
@@ -83,6 +86,10 @@ TAP_GAP_S = 0.6
 GROUP_LED_S = 4.0            # how long the LED shows the new group's number
 IDENTIFY_S = 5.0             # how long identify blinks
 LOCAL_SOUND_FRAMES = 250     # bounded queue of locally generated sound (chimes): 5 s
+# While not transmitting, the microphone is read for one level window (capture_meter's, 1 s)
+# this often and stopped in between; the sink is stopped once a level window of silence has
+# played. Both are woken at once by what needs them (a press, a gain change; a stream, a chime).
+IDLE_METER_S = 10.0
 
 
 def group_pattern(index: int) -> LedPattern:
@@ -179,6 +186,9 @@ class _Playout:
     timestamps: tuple[int, ...] = field(default=())
 
 
+_STOP_SINK = _Playout(b"")  # playout -> sink: nothing more to play for now, stop the device
+
+
 @dataclass
 class _Totals:
     """Counters of incoming streams that have ended (live streams are summed on demand)."""
@@ -251,6 +261,8 @@ class Talk:
         self._stuck = False
         self._nursery: trio.Nursery | None = None
         self._announce_wake = trio.Event()
+        self._capture_wake = trio.Event()  # a press or a gain change: read the microphone now
+        self._play_wake = trio.Event()     # a stream or a local sound: run the playout again
         self._relays = RelayTable(str(handle.local_peer_id), ttl_s=config.talk.max_talk_s + 60.0)
         self._plan: RelayPlan | None = None
         self._plan_seq = 0
@@ -405,8 +417,10 @@ class Talk:
         self._announce_wake.set()
 
     def set_gains(self, capture_db: float, playback_db: float) -> None:
-        """Apply new capture and playback gains (dB) from the next frame on (SIGHUP)."""
+        """Apply new capture and playback gains (dB) from the next frame on (SIGHUP); an idle
+        microphone is read at once, so the level with the new gain shows within a second."""
         self.capture_gain_db, self.playback_gain_db = capture_db, playback_db
+        self._capture_wake.set()
 
     def next_group(self) -> str:
         """Move to the next of ``talk.groups`` (wrapping), announce it at once, show it on the LED."""
@@ -424,6 +438,7 @@ class Talk:
     def identify(self, seconds: float = IDENTIFY_S) -> None:
         """Play a short chime and blink the LED fast for ``seconds``, so a person finds the node."""
         self._local_sound.extend(chime_frames(self.format))
+        self._play_wake.set()
         self._led_for(IDENTIFY_PATTERN, seconds)
 
     def _led_for(self, pattern: LedPattern, seconds: float) -> None:
@@ -476,6 +491,7 @@ class Talk:
         if self._tx or self._stuck:
             return
         self._tx = True
+        self._capture_wake.set()
         self._preroll.clear()
         self._encoders.clear()  # fresh encoder state per press
         self._packet_ts.clear()
@@ -648,6 +664,8 @@ class Talk:
             pcm = apply_gain(frame.pcm, self.capture_gain_db)
             self.capture_meter.add(pcm)
             if not self._tx:
+                if self.capture_meter.window_done:
+                    await self._capture_idle()
                 continue
             for codec, enc in list(self._encoders.items()):
                 self._packet_ts.setdefault(codec, frame.timestamp_us)
@@ -655,6 +673,16 @@ class Talk:
                 if payload is None:
                     continue  # a packet of several frames is being filled
                 await self._send_payload(codec, payload, self._packet_ts.pop(codec))
+
+    async def _capture_idle(self) -> None:
+        """Not transmitting, a level window complete: stop the microphone until the next window
+        is due or a press (or a gain change) needs it."""
+        self._capture_wake = trio.Event()  # from here on a press sets this one
+        if self._tx:
+            return
+        await self.source.stop()
+        with trio.move_on_after(IDLE_METER_S):
+            await self._capture_wake.wait()
 
     async def _send_payload(self, codec: int, payload: bytes, ts: int) -> None:
         self._preroll[codec].append((payload, ts))
@@ -714,6 +742,7 @@ class Talk:
         playout = AdaptivePlayout(fmt, lambda codec: make_codec(codec, fmt),
                                   min_delay_us=tc.jitter_target_ms * 1000, max_delay_us=tc.jitter_max_ms * 1000)
         self._in[sid] = _In(peer, sid, playout, plan=plan)
+        self._play_wake.set()
         self._spawn(self._accept, sid)
 
     async def _accept(self, sid: StreamId) -> None:
@@ -906,10 +935,26 @@ class Talk:
 
     # --- playout -----------------------------------------------------------------------------
     async def _playout_loop(self) -> None:
+        while True:
+            await self._play()
+            # A level window of silence has played: stop the sink until something is to play.
+            self._play_wake = trio.Event()  # from here on a new stream or sound sets this one
+            if self._in or self._local_sound:
+                continue
+            self._queue.put_nowait(_STOP_SINK)
+            await self._play_wake.wait()
+
+    def _quiet(self) -> bool:
+        return not self._in and not self._local_sound
+
+    async def _play(self) -> None:
+        """One frame every frame period, until a whole level window of silence has played."""
         period = self.format.frame_s
+        window = self.playback_meter.window_frames
         t0 = trio.current_time()
         k = 0
-        while True:
+        quiet = 0
+        while quiet < window or not self.playback_meter.window_done:
             k += 1
             deadline = t0 + k * period
             now = trio.current_time()
@@ -921,6 +966,7 @@ class Talk:
                 continue
             await trio.sleep_until(deadline)
             self._tick(self._clock())
+            quiet = quiet + 1 if self._quiet() else 0
 
     def _tick(self, now_us: int) -> None:
         pcms: list[bytes] = []
@@ -965,6 +1011,10 @@ class Talk:
         xruns = -1
         while True:
             item = await self._queue.get()
+            if item is _STOP_SINK:
+                await self.sink.stop()  # plays out what it holds; the next write starts it
+                xruns = -1
+                continue
             now = self._clock()
             for ts in item.timestamps:
                 self._latency.add(now - ts)

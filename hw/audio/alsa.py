@@ -77,6 +77,18 @@ class _RateLimitedLog:
             log.log(level, msg, *args)
 
 
+def _stop_blocking(pcm: Any, drain: bool) -> None:
+    """Stop a PCM (drain: after playing what it holds); a device that refuses (gone) is noticed
+    by the next read or write, which reports and reopens it."""
+    try:
+        if drain:
+            pcm.drain()
+        else:
+            pcm.drop()
+    except Exception as e:  # noqa: BLE001 - ALSAAudioError of a vanished device
+        log.debug("stopping the PCM failed: %s", e)
+
+
 class _AlsaDevice(OpenCloseContext):
     _capture: bool = False
 
@@ -335,6 +347,17 @@ class AlsaCapture(_AlsaDevice):
             await trio.sleep((ahead - frame_us) / 1_000_000)
         return due - frame_us if self.paced else ts  # a paced device's frames are on the clock
 
+    async def stop(self) -> None:
+        """Stop the PCM (``snd_pcm_drop``: what it captured is discarded); the next ``read``
+        starts it again (pyalsaaudio prepares a stopped PCM on read)."""
+        async with self._lock:
+            if self._pcm is not None and self._state == "open":
+                await trio.to_thread.run_sync(_stop_blocking, self._pcm, False)
+                self._buf.clear()
+                self._pace_t0_us = None  # a paced (file/null) PCM starts its clock again too
+            else:
+                await trio.lowlevel.checkpoint()
+
     @staticmethod
     def _read_blocking(pcm: Any) -> tuple[int, bytes, int]:
         n, data = pcm.read()
@@ -378,6 +401,15 @@ class AlsaPlayback(_AlsaDevice):
                 self._xrun_log(logging.WARNING, "ALSA playback %r: underrun (total %d), recovered",
                                self.device, self._xruns)
             self._frames += 1
+
+    async def stop(self) -> None:
+        """Let what is buffered play out, then stop the PCM (``snd_pcm_drain``); the next
+        ``write`` starts it again (pyalsaaudio prepares a stopped PCM on write)."""
+        async with self._lock:
+            if self._pcm is not None and self._state == "open":
+                await trio.to_thread.run_sync(_stop_blocking, self._pcm, True)
+            else:
+                await trio.lowlevel.checkpoint()
 
     @staticmethod
     def _write_blocking(handle: Any, pcm: bytes, bpf: int) -> int:

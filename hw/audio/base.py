@@ -146,6 +146,12 @@ class AudioSource(Protocol):
         """Wait for and return the next frame (exactly ``format.frame_bytes`` bytes)."""
         ...
 
+    async def stop(self) -> None:
+        """Stop capturing until the next ``read`` (an idle node need not run its microphone 50
+        times a second): what the device holds is discarded and the pause is not an overrun.
+        The next ``read`` starts the device again; its first frame comes a frame period later."""
+        ...
+
     def stats(self) -> AudioStats: ...
 
 
@@ -174,6 +180,12 @@ class AudioSink(Protocol):
 
         ``len(pcm)`` must be a multiple of ``format.bytes_per_sample_frame``.
         """
+        ...
+
+    async def stop(self) -> None:
+        """Let what is queued play out, then stop the device until the next ``write`` (an idle
+        node need not feed it silence 50 times a second): the pause is not an underrun, and the
+        speaker is silent meanwhile. The next ``write`` starts the device again."""
         ...
 
     def stats(self) -> AudioStats: ...

@@ -92,6 +92,7 @@ class _PacedSource(OpenCloseContext):
         self._content = 0  # index of the next frame of content (advances over lost frames)
         self._t_open = 0.0
         self._mono_open = 0
+        self._stopped = False  # stop() was called: the next read starts a new run
 
     @property
     def format(self) -> AudioFormat:
@@ -104,7 +105,12 @@ class _PacedSource(OpenCloseContext):
         self._mono_open = monotonic_us()
         self._n = 0
         self._content = 0
+        self._stopped = False
         self._c.state = "open"
+
+    async def stop(self) -> None:
+        self._stopped = self._c.state == "open"
+        await trio.lowlevel.checkpoint()
 
     async def aclose(self) -> None:
         self._c.state = "closed"
@@ -117,6 +123,10 @@ class _PacedSource(OpenCloseContext):
         if self._c.state != "open":
             raise DeviceClosedError(f"{type(self).__name__} is not open")
         fs = self._fmt.frame_s
+        if self._stopped:
+            # Stopped on purpose: the device starts again now (content goes on where it was).
+            self._stopped = False
+            self._origin, self._n = trio.current_time(), 0
         while True:
             start = self._origin + self._n * fs
             ready = start + fs
@@ -281,6 +291,7 @@ class _PacedSink(OpenCloseContext):
         self._injector = xruns or XrunInjector()
         self._c = _Counters()
         self._played_until: float | None = None
+        self._stopped_at: float | None = None  # stop() played out until then; silent since
         self._index = 0
 
     @property
@@ -291,8 +302,29 @@ class _PacedSink(OpenCloseContext):
         await trio.lowlevel.checkpoint()  # even when there is nothing to start
         await self._start()
         self._played_until = None
+        self._stopped_at = None
         self._index = 0
         self._c.state = "open"
+
+    async def stop(self) -> None:
+        if self._c.state != "open" or self._stopped_at is not None:
+            await trio.lowlevel.checkpoint()
+            return
+        now = trio.current_time()
+        if self._played_until is not None and self._played_until > now:
+            await trio.sleep_until(self._played_until)  # what is buffered plays out
+        else:
+            await trio.lowlevel.checkpoint()
+        self._stopped_at = self._played_until if self._played_until is not None else now
+        self._played_until = None
+
+    async def _silent_since_stop(self) -> None:
+        """A stopped speaker is silent: the time since ``stop`` is given to ``_gap``."""
+        if self._stopped_at is not None:
+            gap_s, self._stopped_at = trio.current_time() - self._stopped_at, None
+            samples = round(gap_s * self._fmt.rate)
+            if samples > 0:
+                await self._gap(samples * self._fmt.bytes_per_sample_frame)
 
     async def aclose(self) -> None:
         if self._c.state == "closed":
@@ -303,6 +335,7 @@ class _PacedSink(OpenCloseContext):
             # Like ALSA's close of a playback stream: let what is buffered play out.
             if self._played_until is not None and self._played_until > trio.current_time():
                 await trio.sleep_until(self._played_until)
+            await self._silent_since_stop()
         finally:
             with trio.CancelScope(shield=True):
                 await self._finish()
@@ -327,6 +360,7 @@ class _PacedSink(OpenCloseContext):
             log.warning("%s: injected underrun at frame %d, frame lost", type(self).__name__, index)
             await trio.lowlevel.checkpoint()
             return
+        await self._silent_since_stop()
         now = trio.current_time()
         dur = self._fmt.duration_s(len(pcm))
         if self._played_until is None:
@@ -354,13 +388,17 @@ class _PacedSink(OpenCloseContext):
     def _consume(self, pcm: bytes) -> None:
         """Take the played PCM (override)."""
 
+    async def _gap(self, nbytes: int) -> None:
+        """``nbytes`` of silence the stopped device "played" (override)."""
+
 
 class NullSink(_PacedSink):
     """Discards audio at playing speed."""
 
 
 class WavSink(_PacedSink):
-    """Records what it is given (not the underrun gaps) to a 16-bit WAV file, at playing speed."""
+    """Records what it is given (not the underrun gaps) to a 16-bit WAV file, at playing speed,
+    and silence for the time it was stopped (a stopped speaker is silent: the file keeps time)."""
 
     def __init__(
         self,
@@ -392,10 +430,22 @@ class WavSink(_PacedSink):
         # wave buffers in the file object; a 640-byte append does not block meaningfully.
         self._wav.writeframesraw(pcm)
 
+    async def _gap(self, nbytes: int) -> None:
+        wav = self._wav
+        if wav is not None:
+            await trio.to_thread.run_sync(_write_silence, wav, nbytes)
+
     async def _finish(self) -> None:
         w, self._wav = self._wav, None
         if w is not None:
             await trio.to_thread.run_sync(w.close)
+
+
+def _write_silence(wav: wave.Wave_write, nbytes: int, chunk: int = 1 << 20) -> None:
+    while nbytes > 0:
+        n = min(chunk, nbytes)
+        wav.writeframesraw(bytes(n))
+        nbytes -= n
 
 
 class Loopback:

@@ -26,6 +26,10 @@ async def _device(ck: Checkpoints, name: str, dev: Any, io: str, *args: Any) -> 
         await dev.open()
     with ck.check(f"{name}.{io}"):
         await getattr(dev, io)(*args)
+    with ck.check(f"{name}.stop"):
+        await dev.stop()
+    with ck.check(f"{name}.{io}"):
+        await getattr(dev, io)(*args)  # started again
     with ck.check(f"{name}.aclose"):
         await dev.aclose()
     with ck.check(f"{name}.aclose"):

@@ -165,6 +165,48 @@ async def test_sink_injected_underrun_drops_that_frame(tmp_path: Path, autojump_
         assert w.readframes(10_000) == bytes([0]) * 640 + bytes([2]) * 640 + bytes([3]) * 640
 
 
+async def test_a_stopped_source_starts_again_without_an_overrun(autojump_clock) -> None:
+    """An idle node stops its microphone: the pause is no overrun, and reading starts it again
+    (its first frame a frame period after the restart, timestamped then)."""
+    async with ToneSource() as src:
+        first = [await src.read() for _ in range(5)]
+        await src.stop()
+        await trio.sleep(2.0)  # 100 frame periods: without stop() an overrun of 96 frames
+        t = trio.current_time()
+        again = [await src.read() for _ in range(3)]
+        took, st = trio.current_time() - t, src.stats()
+    assert st.xruns == 0 and st.dropped == 0 and st.frames == 8
+    assert took == pytest.approx(0.06, abs=1e-9)  # 3 frames from the restart, 20 ms each
+    # frame 4 began at 0.08 s; the restart at 0.1 + 2.0 s (each frame is stamped with its start)
+    assert again[0].timestamp_us - first[-1].timestamp_us == 2_020_000
+    assert [b.timestamp_us - a.timestamp_us for a, b in zip(again, again[1:])] == [20_000, 20_000]
+
+
+async def test_a_stopped_sink_plays_out_then_is_silent_without_underruns(tmp_path: Path,
+                                                                          autojump_clock) -> None:
+    path = tmp_path / "out.wav"
+    async with WavSink(path, buffer_frames=4) as sink, NullSink() as null:
+        t = trio.current_time()
+        for _ in range(10):
+            await sink.write(bytes([1]) * 640)
+            await null.write(bytes(640))
+        await sink.stop()  # what is buffered plays out first
+        await null.stop()
+        played_out = trio.current_time() - t
+        await trio.sleep(1.0)  # stopped: no writes and no underruns
+        for _ in range(10):
+            await sink.write(bytes([2]) * 640)
+            await null.write(bytes(640))
+        await sink.stop()
+        await sink.stop()  # stopped already
+    st, nst = sink.stats(), null.stats()
+    assert played_out == pytest.approx(0.2, abs=1e-9)  # 10 frames of 20 ms
+    assert st.xruns == 0 and st.frames == 20 and nst.xruns == 0 and nst.frames == 20
+    with wave.open(str(path), "rb") as w:
+        # a stopped speaker is silent: the second of pause is in the file (it keeps time)
+        assert w.readframes(10**6) == bytes([1]) * 6400 + bytes(32000) + bytes([2]) * 6400
+
+
 async def test_closed_fakes_refuse_io(hang_guard) -> None:
     with pytest.raises(DeviceClosedError):
         await ToneSource().read()
