@@ -41,7 +41,7 @@ MAX_ERROR_CHARS = 300
 FIRST_STATUS_LOGGED = 8  # "first status from" lines logged at INFO, the rest at DEBUG
 # Peers listed in a message we send (a sample; `peers` is the count). Readers accept up to
 # MAX_LISTED_PEERS: fewer keeps the message small, and every node receives every node's.
-LISTED_PEERS_SENT = 4
+LISTED_PEERS_SENT = 2
 # Publishing on change is coalesced: at most one message per this many seconds ...
 MIN_PUBLISH_GAP_S = 0.25
 # ... and per this fraction of the periodic interval (a fleet starting up changes every count).
@@ -143,7 +143,13 @@ class StatusRejected(ValueError):
 
 
 def encode_status(msg: StatusMessage) -> bytes:
-    return msg.model_dump_json().encode("utf-8")
+    """Compact JSON: fields at their default value are left out (a reader's model fills them
+    in again, v1 readers included), and ``v`` always goes first. Every node receives every
+    node's status about D times a message period: with shipped settings this halves a node's
+    idle status traffic."""
+    fields = msg.model_dump(mode="json", exclude_defaults=True)
+    fields.pop("v", None)
+    return json.dumps({"v": msg.v, **fields}, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
 
 def decode_status(data: bytes, from_peer: str, max_bytes: int) -> StatusMessage:

@@ -8,6 +8,8 @@ during the talk (airtime), and SIGTERM-to-exit with every node stopped at once.
 
     sudo .venv/bin/python bench/fleet.py                  # N = 10, 25, 50 (≈ 10 min)
     .venv/bin/python bench/fleet.py --sizes 10 --baseline # also N=10 with the old full-mesh settings
+    git worktree add --detach /tmp/base COMMIT            # another commit's code as the baseline:
+    .venv/bin/python bench/fleet.py --sizes 10 --baseline-code /tmp/base
 
 Bounded in time (each N: N s of starts + 30 s + 20 s + 13 s + 20 s at most); the rig removes
 every namespace and process it made, also on Ctrl-C. Needs root (namespaces).
@@ -46,12 +48,19 @@ def main() -> int:
     ap.add_argument("--variant", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                     help="also run each N with these settings changed (JSON values), e.g. mesh.gossip_heartbeat=3")
     ap.add_argument("--no-defaults", action="store_true", help="run the variant only")
+    ap.add_argument("--baseline-code", type=Path, default=None, metavar="DIR",
+                    help="also run the smallest N with the agent of this checkout (e.g. a worktree of "
+                         "an older commit; same venv), before this tree's runs")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
     rows: list[tuple[str, FleetResult]] = []
     with tempfile.TemporaryDirectory(prefix="avi-fleet-") as tmp:
         out = args.out or Path(tmp)
         runs: list[tuple[str, int, dict | None]] = []
+        if args.baseline_code is not None:
+            if not (args.baseline_code / "agent" / "__main__.py").exists():
+                ap.error(f"--baseline-code {args.baseline_code}: no agent package there")
+            runs.append(("baseline-code", min(sizes), None))
         if args.baseline:
             runs.append(("baseline", min(sizes), BASELINE))
         variant: dict[str, dict[str, object]] = {}
@@ -65,8 +74,9 @@ def main() -> int:
             if variant:
                 runs.append(("variant", n, variant))
         for name, n, extra in runs:
+            code = {"code": args.baseline_code.resolve()} if name == "baseline-code" else {}
             res = run_fleet(n, out / f"{name}-{n}", schedule=Schedule(), extra=extra,
-                            log=lambda s: print(s, file=sys.stderr, flush=True))
+                            log=lambda s: print(s, file=sys.stderr, flush=True), **code)
             rows.append((name, res))
             for note in res.notes:
                 print(f"  {name} N={n}: {note}", file=sys.stderr)

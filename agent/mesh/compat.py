@@ -73,6 +73,11 @@ that fixes one makes its test fail, and the workaround can then be deleted.
     publishes meanwhile (its first status, its talk groups) reaches nobody. go-libp2p floods
     a node's own messages to every peer in the topic ("flood publish"); so do we, for our own
     messages only (forwarded ones still go to the mesh).
+17. The public key on every message a node publishes (`DeliveringPubsub.push_msg`): py-libp2p
+    sets `Message.key` (36 bytes for Ed25519) although an Ed25519 peer id holds the key itself;
+    receivers (py-libp2p's included) take it from the `from` peer id when `key` is absent, and
+    go-libp2p leaves it out for such keys. Every node receives every status message about D
+    times: we leave it out of our own messages when the peer id inlines the key.
 """
 
 from __future__ import annotations
@@ -92,6 +97,7 @@ from libp2p.network.stream.exceptions import StreamClosed, StreamEOF, StreamRese
 from libp2p.pubsub.gossipsub import PROTOCOL_ID as GOSSIPSUB_PROTOCOL_ID
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pb import rpc_pb2
+from libp2p.peer.id import ID
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
@@ -292,6 +298,14 @@ class _RoomyQueues(dict):  # type: ignore[type-arg]
         super().__setitem__(peer, queue)
 
 
+def _inlines_key(peer_id: bytes) -> bool:
+    """True when the peer id is an identity multihash of its public key (Ed25519 keys are)."""
+    try:
+        return ID(peer_id).extract_public_key() is not None
+    except Exception:  # not a peer id py-libp2p can read: keep the key
+        return False
+
+
 class DeliveringPubsub(Pubsub):
     """Pubsub that hands each message for a subscribed topic to `deliver` instead of a
     32-slot channel that drops silently. `deliver` must not block (it runs inside
@@ -315,6 +329,12 @@ class DeliveringPubsub(Pubsub):
         stop = getattr(self.seen_messages, "stop", None)
         if stop is not None:
             stop()
+
+    async def push_msg(self, msg_forwarder: ID, msg: rpc_pb2.Message) -> None:
+        # Our own messages go without the public key our peer id already holds (defect 17).
+        if msg_forwarder == self.my_id and msg.HasField("key") and _inlines_key(msg.from_id):
+            msg.ClearField("key")
+        await super().push_msg(msg_forwarder, msg)
 
     async def write_msg(self, stream: INetStream, rpc_msg: rpc_pb2.RPC) -> bool:
         # Our signed record goes with subscription RPCs only (defect 15). The RPC object may

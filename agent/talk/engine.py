@@ -68,7 +68,7 @@ ANNOUNCE_SLOW_S = 5.0
 # Announcements per second the whole fleet sends at most: a node's interval grows with the
 # number of nodes it knows (ANNOUNCE_SLOW_S at least), so idle traffic stays flat as the fleet
 # grows. Newcomers get everyone's latest announcement from their neighbours (retained topic).
-ANNOUNCE_FLEET_RATE = 0.5
+ANNOUNCE_FLEET_RATE = 0.2
 # After a peer connects, one extra announcement (coalesced: at most one per this many seconds),
 # not a burst: with N nodes starting, bursts made an announcement storm of N^2 messages.
 ANNOUNCE_MIN_GAP_S = 1.0

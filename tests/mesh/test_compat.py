@@ -577,3 +577,37 @@ def test_own_message_with_an_empty_mesh_reaches_nobody_unless_flooded():
     _router_with_peers(ours, me, [a, b])
     assert set(ours._get_peers_to_send(["t"], me, me)) == {a, b}
     assert set(ours._get_peers_to_send(["t"], a, a)) == set()  # forwarded: still mesh only
+
+
+# --- 17. the public key on every message, although the peer id holds it ---------------------------
+
+
+async def test_own_messages_go_without_the_key_the_peer_id_holds(monkeypatch):
+    from libp2p.pubsub.validators import signature_validator
+
+    pushed: list[rpc_pb2.Message] = []
+
+    async def capture(self, forwarder, msg):  # type: ignore[no-untyped-def]
+        pushed.append(msg)
+
+    monkeypatch.setattr(Pubsub, "push_msg", capture)
+    plain = Pubsub(secure(), default_router())
+    try:
+        await plain.publish("t", b"hi")
+    finally:
+        plain.seen_messages.stop() if hasattr(plain.seen_messages, "stop") else None
+    assert pushed[-1].HasField("key") and len(pushed[-1].key) == 36  # the defect: on every copy
+
+    ours = compat.DeliveringPubsub(secure(), compat.gossip_router(heartbeat=1.0, rate_limit=200,
+                                                                 all_on_loopback=True), lambda m: None, 65536)
+    try:
+        await ours.publish("t", b"hi")
+    finally:
+        ours.release()
+    mine = pushed[-1]
+    assert not mine.HasField("key") and mine.data == b"hi"
+    assert signature_validator(mine)  # a receiver takes the key from the `from` peer id
+    forged = rpc_pb2.Message()
+    forged.CopyFrom(mine)
+    forged.data = b"ho"
+    assert not signature_validator(forged)

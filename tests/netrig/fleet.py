@@ -234,8 +234,10 @@ TALK_FRAMES = 5.0 / FRAME_S
 
 def run_fleet(n: int, out: Path, *, schedule: Schedule | None = None,
               extra: dict[str, dict[str, object]] | None = None, subnet: str = "10.78.0.0/24",
-              log=print) -> FleetResult:  # type: ignore[no-untyped-def]
-    """Start `n` agents (the talker last), measure, stop them; everything is cleaned up."""
+              log=print, code: Path = REPO) -> FleetResult:  # type: ignore[no-untyped-def]
+    """Start `n` agents (the talker last), measure, stop them; everything is cleaned up.
+    `code`: the checkout whose agent the nodes run (`python -m agent` from there: another
+    commit's code as a baseline in the same run); the monitor always runs this one."""
     global TALK_FRAMES
     sch = schedule or Schedule()
     TALK_FRAMES = sch.talk_s / FRAME_S
@@ -273,7 +275,7 @@ def run_fleet(n: int, out: Path, *, schedule: Schedule | None = None,
         for node, host in zip(nodes, rig):
             with node.log.open("wb") as lf:
                 node.proc = host.exec([PY, "-m", "agent", "run", "--config", str(node.dir / "agent.toml")],
-                                      cwd=REPO, stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT,
+                                      cwd=code, stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT,
                                       env=env)
             node.started_at = t_last = time.monotonic()
             if node is not talker:
