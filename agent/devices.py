@@ -2,7 +2,7 @@
 held open, and reopened with back-off while missing; the capture drained until push-to-talk
 takes it; the audio devices' health; the LED pattern the service shows.
 
-Faults go to a :class:`FaultReporter` (the service): the supervisor reports, the service decides
+Faults go to a :class:`agent.faults.FaultReporter` (the service): the supervisor reports, the service decides
 what a person sees.
 """
 
@@ -11,17 +11,15 @@ from __future__ import annotations
 import logging
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Protocol
-
 import trio
 
 from agent.config import AgentConfig
-from agent.faults import DEVICE_AREAS, describe
+from agent.faults import DEVICE_AREAS, FaultReporter, describe
 from hw.audio.base import AudioSink, AudioSource
 from hw.config import open_audio_sink, open_audio_source, open_button, open_led
 from hw.gpio.base import Button, Led, LedPattern
 
-__all__ = ["DEVICE_RETRY_MAX_S", "Devices", "DeviceSupervisor", "FaultReporter"]
+__all__ = ["DEVICE_RETRY_MAX_S", "Devices", "DeviceSupervisor"]
 
 log = logging.getLogger("agent.service")
 
@@ -34,14 +32,6 @@ class Devices:
     sink: AudioSink
     button: Button
     led: Led
-
-
-class FaultReporter(Protocol):
-    def fault(self, area: str, text: str) -> None: ...
-
-    def clear_fault(self, area: str) -> None: ...
-
-    def changed(self) -> None: ...
 
 
 class DeviceSupervisor:

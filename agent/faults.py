@@ -7,10 +7,11 @@ set by the part that noticed it and cleared when that part recovers. Pure: no I/
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
 from agent.mesh import AviP2pError
 
-__all__ = ["DEVICE_AREAS", "Faults", "describe", "leaves"]
+__all__ = ["DEVICE_AREAS", "Faults", "FaultReporter", "describe", "leaves"]
 
 # Fault texts of the device groups (the status line and message show them as they are).
 DEVICE_AREAS = {"audio": "no sound card", "gpio": "no GPIO"}
@@ -42,6 +43,16 @@ class Faults:
     def summary(self) -> str:
         """``no sound card (...); mesh: ...``: device texts say what they are, others get their area."""
         return "; ".join(t if a in DEVICE_AREAS else f"{a}: {t}" for a, t in sorted(self.active.items()))
+
+
+class FaultReporter(Protocol):
+    """Where a supervised part reports its faults (the service: log, STATUS=, status message, LED)."""
+
+    def fault(self, area: str, text: str) -> None: ...
+
+    def clear_fault(self, area: str) -> None: ...
+
+    def changed(self) -> None: ...
 
 
 def leaves(exc: BaseException) -> list[BaseException]:

@@ -10,10 +10,13 @@ list may ask (anyone when the list is empty), and at most one request is carried
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable
 from typing import Literal
 
-__all__ = ["TOPIC", "MIN_INTERVAL_S", "Decision", "IdentifyPolicy", "encode_request", "parse_request"]
+__all__ = ["TOPIC", "MIN_INTERVAL_S", "Decision", "IdentifyPolicy", "encode_request", "parse_request", "obey"]
+
+log = logging.getLogger("agent.service")  # the service's lines (tests and the journal read them so)
 
 TOPIC = "avi/identify"
 MIN_INTERVAL_S = 10.0
@@ -60,3 +63,20 @@ class IdentifyPolicy:
             self._last_done = now
         self.counts[result] += 1
         return result
+
+
+def obey(policy: IdentifyPolicy, me: str | None, from_peer: str, data: bytes, now: float) -> bool:
+    """An identify request ``data`` from ``from_peer``: True when it names ``me`` and ``policy``
+    lets it be carried out now. A request naming us is logged whatever the outcome."""
+    target = parse_request(data)
+    if target is None or target != me:
+        return False
+    result = policy.decide(from_peer, now)
+    if result == "refused":
+        log.info("identify refused: %s is not in mesh.allowed_peers", from_peer, extra={"peer": from_peer})
+    elif result == "rate_limited":
+        log.info("identify from %s ignored: at most one per %g s", from_peer,
+                 policy.min_interval_s, extra={"peer": from_peer})
+    else:
+        log.info("identify requested by %s: chiming and blinking", from_peer, extra={"peer": from_peer})
+    return result == "done"

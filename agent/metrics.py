@@ -13,13 +13,24 @@ prometheus_client's standard ``process_*`` (CPU seconds, resident memory, open f
 from __future__ import annotations
 
 import bisect
+import importlib
 import json
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import trio
+
+from agent.config import DEFAULT_METRICS_LISTEN, MetricsConfig
+from agent.faults import FaultReporter, describe
+
 __all__ = ["LatencyHistogram", "LATENCY_BUCKETS_S", "NodeMetrics", "METRIC_NAMES", "render_metrics",
-           "metrics_handler"]
+           "metrics_handler", "serve_metrics"]
+
+log = logging.getLogger("agent.service")  # the service's lines (tests and the journal read them so)
+
+METRICS_RETRY_S = 30.0
 
 # Mouth-to-ear latency buckets (seconds): 40 ms of jitter buffer plus a few frames is ~80 ms.
 LATENCY_BUCKETS_S = (0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0)
@@ -252,3 +263,35 @@ def metrics_handler(snapshot: Callable[[], NodeMetrics]) -> Any:
         return Response(404, b"not found: try /metrics or /status\n")
 
     return handle
+
+
+async def serve_metrics(cfg: MetricsConfig, snapshot: Callable[[], NodeMetrics], reporter: FaultReporter) -> None:
+    """Serve /metrics and /status on ``cfg.listen`` until cancelled (nothing when it is off),
+    retried while the address is busy; a busy default address is not a fault (several agents on
+    one machine: the first one serves it)."""
+    addr = cfg.address
+    if addr is None:
+        return
+    # prometheus_client takes a while to import: on a worker thread, so the event loop (the
+    # capture device, the watchdog) is not held up meanwhile.
+    await trio.to_thread.run_sync(importlib.import_module, "prometheus_client", abandon_on_cancel=True)
+    from agent.httpd import serve_http
+
+    handler = metrics_handler(snapshot)
+    default = cfg.listen == DEFAULT_METRICS_LISTEN
+    while True:
+        why = None
+        try:
+            async with trio.open_nursery() as n:
+                address = await n.start(serve_http, handler, addr[0], addr[1])
+                reporter.clear_fault("metrics")
+                log.info("metrics: http://%s:%d/metrics and /status", *address[:2])
+        except* OSError as group:
+            why = describe(group)
+        if why is not None and default:
+            # Several agents on one machine (tests, the demo): the first one serves it.
+            log.info("metrics: cannot listen on %s (%s); /metrics is not served", cfg.listen, why)
+            return
+        if why is not None:
+            reporter.fault("metrics", f"cannot listen on {cfg.listen}: {why}")
+        await trio.sleep(METRICS_RETRY_S)

@@ -24,7 +24,6 @@ error (exit 78) ends the process on its own. What is shown is computed by agent/
 from __future__ import annotations
 
 import functools
-import importlib
 import logging
 import os
 import signal
@@ -35,21 +34,23 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+import agent.mesh as mesh
 from agent import identify as ident
-from agent.config import DEFAULT_METRICS_LISTEN, AgentConfig, ConfigError, EX_CONFIG, load_config
+from agent.config import AgentConfig, ConfigError, EX_CONFIG, load_config
 from agent.devices import Devices, DeviceSupervisor
 from agent.faults import Faults, describe, leaves
 from agent.logs import adopt_libp2p_logging, current_summarizer, setup_logging
 from agent.mesh import (AudioData, AudioStreamAccepted, AudioStreamClosed, AudioStreamRequested, AviP2pError,
                         DialError, Event, Message, PeerConnected, PeerDisconnected, PeerDiscovered, Started)
 from agent.mesh import ConfigError as MeshConfigError
+from agent.metrics import serve_metrics
 from agent.presentation import ServiceView, backends
 from agent.reload import plan_reload
 from agent.sdnotify import Notifier, run_watchdog
 from agent.status import Status, fake_devices
+from agent.talk import TOPIC as TALK_TOPIC
 from agent.talk import Talk, TalkFactory, TalkLike
 from agent.talk.engine import IDENTIFY_PATTERN, IDENTIFY_S
-from agent.talk.groups import TOPIC as TALK_TOPIC
 
 if TYPE_CHECKING:  # the mesh node's module loads py-libp2p: imported on a worker thread at run
     from agent.mesh import AviP2p, AviP2pConfig, AviP2pHandle
@@ -62,7 +63,6 @@ EX_OK = 0
 STATUS_LINE_PERIOD_S = 1.0  # how often the summary is recomputed (sent only when it changed)
 MESH_RETRY_MAX_S = 30.0
 TALK_RETRY_S = 2.0
-METRICS_RETRY_S = 30.0
 
 
 class Service:
@@ -98,7 +98,6 @@ class Service:
         self._exit_code = EX_OK
         self._root: trio.Nursery | None = None
         self.identify_policy = ident.IdentifyPolicy(config.mesh.allowed_peers)
-        self.metrics_address: tuple[str, int] | None = None
 
     @property
     def devices(self) -> Devices | None:
@@ -128,7 +127,7 @@ class Service:
                 nursery.start_soon(self._status_line)
                 nursery.start_soon(self.hw.run)
                 nursery.start_soon(self._mesh_loop)
-                nursery.start_soon(self._metrics_task)
+                nursery.start_soon(serve_metrics, self.config.metrics, self.view.metrics_snapshot, self)
         log.info("avi-agent stopped (exit %d)", self._exit_code)
         return self._exit_code
 
@@ -207,15 +206,14 @@ class Service:
         # watchdog, the capture device being drained) is not blocked meanwhile.
         # abandon_on_cancel: SIGTERM during the import must not wait for it (on a loaded machine
         # it can take many seconds, and systemd would SIGKILL us); the thread is a daemon.
-        await trio.to_thread.run_sync(importlib.import_module, "agent.mesh.node", abandon_on_cancel=True)
+        node_class: type[AviP2p] = await trio.to_thread.run_sync(getattr, mesh, "AviP2p", abandon_on_cancel=True)
         adopt_libp2p_logging()  # its import set its logger to bypass ours
-        from agent.mesh import AviP2p
 
         delay = 1.0
         while True:
             started = False
             try:
-                async with AviP2p.start(self.mesh_config()) as (node, events):
+                async with node_class.start(self.mesh_config()) as (node, events):
                     started = True
                     delay = 1.0
                     self.clear_fault("mesh")
@@ -378,17 +376,7 @@ class Service:
 
     def _on_identify(self, from_peer: str, data: bytes) -> None:
         """An identify request on the mesh: chime and blink when it names us and may be obeyed."""
-        target = ident.parse_request(data)
-        if target is None or target != self.peer_id:
-            return
-        result = self.identify_policy.decide(from_peer, time.monotonic())
-        if result == "refused":
-            log.info("identify refused: %s is not in mesh.allowed_peers", from_peer, extra={"peer": from_peer})
-        elif result == "rate_limited":
-            log.info("identify from %s ignored: at most one per %g s", from_peer,
-                     self.identify_policy.min_interval_s, extra={"peer": from_peer})
-        else:
-            log.info("identify requested by %s: chiming and blinking", from_peer, extra={"peer": from_peer})
+        if ident.obey(self.identify_policy, self.peer_id, from_peer, data, time.monotonic()):
             self.identify()
 
     def identify(self) -> None:
@@ -411,39 +399,6 @@ class Service:
             log.debug("could not refuse stream %x from %s: %s", stream_id, peer, exc)
         log.info("refused audio stream %x from %s: push-to-talk is not running", stream_id, peer,
                  extra={"peer": peer, "stream": f"{stream_id:x}"})
-
-    # --- /metrics and /status -------------------------------------------------------------------
-    async def _metrics_task(self) -> None:
-        """Serve /metrics and /status on ``metrics.listen`` (retried while the address is busy)."""
-        addr = self.config.metrics.address
-        if addr is None:
-            return
-        # prometheus_client takes a while to import: on a worker thread, so the event loop (the
-        # capture device, the watchdog) is not held up meanwhile.
-        await trio.to_thread.run_sync(importlib.import_module, "prometheus_client", abandon_on_cancel=True)
-        from agent.httpd import serve_http
-        from agent.metrics import metrics_handler
-
-        handler = metrics_handler(self.view.metrics_snapshot)
-        default = self.config.metrics.listen == DEFAULT_METRICS_LISTEN
-        while True:
-            why = None
-            try:
-                async with trio.open_nursery() as n:
-                    self.metrics_address = await n.start(serve_http, handler, addr[0], addr[1])
-                    self.clear_fault("metrics")
-                    log.info("metrics: http://%s:%d/metrics and /status", *self.metrics_address[:2])
-            except* OSError as group:
-                self.metrics_address = None
-                why = describe(group)
-            if why is not None and default:
-                # Several agents on one machine (tests, the demo): the first one serves it.
-                log.info("metrics: cannot listen on %s (%s); /metrics is not served",
-                         self.config.metrics.listen, why)
-                return
-            if why is not None:
-                self.fault("metrics", f"cannot listen on {self.config.metrics.listen}: {why}")
-            await trio.sleep(METRICS_RETRY_S)
 
     # --- STATUS= and the LED ------------------------------------------------------------------
     async def _status_line(self) -> None:
