@@ -111,7 +111,8 @@ class Service:
         if self.talk_class is None:
             log.info("push-to-talk is off: running without talk")
         else:
-            log.info("push-to-talk enabled (%s.%s)", self.talk_class.__module__, self.talk_class.__qualname__)
+            log.info("push-to-talk enabled (%s)", "agent.talk.Talk" if self.talk_class is Talk else
+                     getattr(self.talk_class, "__qualname__", repr(self.talk_class)))
         fakes = fake_devices(backends(self.config))
         if fakes:
             log.warning("running with %s: simulated devices record nothing, play nothing and have no "
