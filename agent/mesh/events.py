@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import NewType
 
@@ -10,6 +11,21 @@ PeerId = NewType("PeerId", str)
 
 StreamId = NewType("StreamId", int)
 """An audio stream's id: a random 64-bit number chosen by the side that requests the stream."""
+
+
+class _FromPeerAlias:
+    """``from_peer``: the name this event's ``peer_id`` had before every event called a peer
+    ``peer_id``. Kept so code written against the first API (``case Message(from_peer=p, ...)``,
+    as shared/design.md shows) still matches; a class pattern naming an attribute the class does
+    not have would silently never match, which is worse than a warning."""
+
+    __slots__ = ()
+
+    @property
+    def from_peer(self) -> PeerId:
+        warnings.warn(f"{type(self).__name__}.from_peer is deprecated: use peer_id",
+                      DeprecationWarning, stacklevel=2)
+        return self.peer_id  # type: ignore[attr-defined, no-any-return]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +51,7 @@ class PeerDisconnected:
 
 
 @dataclass(frozen=True, slots=True)
-class Message:
+class Message(_FromPeerAlias):
     peer_id: PeerId
     topic: str
     data: bytes
@@ -45,7 +61,7 @@ class Message:
 
 
 @dataclass(frozen=True, slots=True)
-class AudioStreamRequested:
+class AudioStreamRequested(_FromPeerAlias):
     peer_id: PeerId
     stream_id: StreamId
 
@@ -57,7 +73,7 @@ class AudioStreamAccepted:
 
 
 @dataclass(frozen=True, slots=True)
-class AudioData:
+class AudioData(_FromPeerAlias):
     peer_id: PeerId
     stream_id: StreamId
     data: bytes

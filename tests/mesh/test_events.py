@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import typing
 
+import pytest
+
 import agent.mesh as mesh
 from agent.mesh import events
 
@@ -29,3 +31,20 @@ def test_events_are_exported_and_frozen() -> None:
     for kind in typing.get_args(events.Event):
         assert getattr(mesh, kind.__name__) is kind
         assert kind.__dataclass_params__.frozen  # type: ignore[attr-defined]
+
+
+def test_the_first_api_name_from_peer_still_matches_with_a_warning() -> None:
+    """Message, AudioStreamRequested and AudioData said `from_peer` before; a pattern written
+    that way (shared/design.md's example) still matches, with a DeprecationWarning."""
+    peer = events.PeerId("12D3KooWexample")
+    for event in (events.Message(peer, "t", b"x"),
+                  events.AudioStreamRequested(peer, events.StreamId(1)),
+                  events.AudioData(peer, events.StreamId(1), b"x")):
+        with pytest.warns(DeprecationWarning, match="use peer_id"):
+            match event:
+                case (events.Message(from_peer=p) | events.AudioStreamRequested(from_peer=p)
+                      | events.AudioData(from_peer=p)):
+                    assert p == peer
+                case _:
+                    raise AssertionError(f"{event!r} did not match its from_peer pattern")
+    assert not hasattr(events.PeerConnected(peer, "a"), "from_peer")
