@@ -16,11 +16,12 @@ from .events import (AudioData, AudioStreamAccepted, AudioStreamClosed, AudioStr
 
 if TYPE_CHECKING:
     from .audio_session import StreamStats
-    from .node import AviP2p, AviP2pHandle, NodeStats
+    from .handle import AviP2pHandle
+    from .node import AviP2p, NodeStats
 
 # The node pulls in py-libp2p (about 1 s and 70 MB); config, events and errors do not, so
 # `check-config` and other light users stay fast. The node's names load on first use.
-_LAZY = {"AviP2p": "node", "AviP2pHandle": "node", "NodeStats": "node", "StreamStats": "audio_session"}
+_LAZY = {"AviP2p": "node", "AviP2pHandle": "handle", "NodeStats": "node", "StreamStats": "audio_session"}
 
 
 def __getattr__(name: str) -> object:

@@ -27,7 +27,7 @@ from libp2p.pubsub.pb import rpc_pb2
 from libp2p.tools.anyio_service import background_trio_service
 
 from . import audio_protocol as ap
-from .audio_session import AudioSession, Direction, StreamStats, now_us
+from .audio_session import AudioSession, Direction, StreamStats
 from .compat import (STREAM_ERRORS, DeliveringPubsub, DhtHost, all_loopback, check_port_free, close_host,
                      enable_tcp_liveness, forget_failed_dials, gossip_router, listen_multiaddr,
                      read_some, secure_host)
@@ -38,9 +38,11 @@ from .eventqueue import EventQueue
 from .events import (AudioData, AudioStreamClosed, AudioStreamRequested, Event, Message,
                      PeerConnected, PeerDisconnected, PeerDiscovered, PeerId, Started, StreamId)
 from .frames import PROTOCOL_ID
+from .handle import AviP2pHandle
 from .identity import load_or_create_identity
 from .peering import FIRST_ROUND_S, MAX_KNOWN_PEERS_FACTOR, PeerManager
 from .redial import RedialPolicy
+from .retained import MAX_RETAINED_SYNC_BYTES, RETAINED_PROTOCOL_ID, RetainedStore
 
 log = logging.getLogger("agent.mesh")
 T = TypeVar("T")
@@ -51,11 +53,6 @@ INBOX_FACTOR = 4
 PEERSTORE_CLEANUP_S = 60
 # Asked by `dial()` once connected: the answer says whether the peer keeps the connection.
 ADMISSION_PROTOCOL_ID = "/avi/admission/1.0.0"
-# Retained messages handed to a newly connected peer: entries of u32 length, u32 age in ms,
-# then a signed pub/sub Message (protobuf), as GossipSub carried it.
-RETAINED_PROTOCOL_ID = "/avi/retained/1.0.0"
-MAX_RETAINED = 1024
-MAX_RETAINED_SYNC_BYTES = 4 * 1024 * 1024
 # Each missing peer has its own schedule (agent/mesh/redial.py): 1 s after it left, then doubling
 # gaps up to `redial_max_s`; forgotten after `forget_after_s` of failed dials (bootstrap excepted).
 REDIAL_FIRST_S = 1.0
@@ -187,8 +184,7 @@ class AviP2p:
         # Per (origin, topic) message counts in the current one-second window (see _over_rate).
         self._rate_window = 0.0
         self._rate_counts: dict[tuple[bytes, str], int] = {}
-        self._retained_topics = frozenset(config.retained_topics)
-        self._retained: dict[tuple[bytes, str], tuple[rpc_pb2.Message, float]] = {}
+        self._retained = RetainedStore(config.retained_topics)
         self.retained_received = 0
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -369,7 +365,7 @@ class AviP2p:
             except Exception:
                 self._messages_dropped += 1
                 continue
-            self._retain(msg)
+            self._retained.keep(msg, trio.current_time())
             if origin == self.local_peer_id:
                 continue  # our own publication, echoed by the router
             if not self._peering.is_allowed(origin):
@@ -381,35 +377,15 @@ class AviP2p:
                 if topic in self._topics:
                     await self._emit(Message(origin, topic, bytes(msg.data)))
 
-    # --- retained messages ------------------------------------------------------------------
-    def _retain(self, msg: rpc_pb2.Message) -> None:
-        for topic in msg.topicIDs:
-            if topic in self._retained_topics:
-                key = (bytes(msg.from_id), topic)
-                self._retained.pop(key, None)
-                self._retained[key] = (msg, trio.current_time())
-                while len(self._retained) > MAX_RETAINED:
-                    self._retained.pop(next(iter(self._retained)))
-
+    # --- retained messages (kept and encoded by RetainedStore) -----------------------------
     async def _send_retained(self, peer: ID) -> None:
-        if not self._retained:
-            return
-        now = trio.current_time()
-        out = bytearray()
-        for msg, at in list(self._retained.values()):
-            if bytes(msg.from_id) == peer.to_bytes():
-                continue  # its own messages
-            body = msg.SerializeToString()
-            if len(out) + len(body) + 8 > MAX_RETAINED_SYNC_BYTES:
-                break
-            age_ms = min(int((now - at) * 1000), 2**32 - 1)
-            out += len(body).to_bytes(4, "big") + age_ms.to_bytes(4, "big") + body
+        out = self._retained.encode_for(peer.to_bytes(), trio.current_time())
         if not out:
             return
         with trio.move_on_after(self.config.request_timeout):
             try:
                 stream = await self._host.new_stream(peer, [RETAINED_PROTOCOL_ID])
-                await stream.write(bytes(out))
+                await stream.write(out)
                 await stream.close()
             except Exception as exc:  # the peer may not speak it, or went away: gossip still works
                 log.debug("retained messages not sent to %s: %s", peer, exc)
@@ -434,34 +410,27 @@ class AviP2p:
                     data += chunk
             except STREAM_ERRORS as exc:
                 log.debug("retained messages from %s cut short: %s", peer, exc)
-        pos, limit = 0, self.config.max_message_size + 4096
-        while pos + 8 <= len(data):
-            size, age_ms = int.from_bytes(data[pos:pos + 4], "big"), int.from_bytes(data[pos + 4:pos + 8], "big")
-            body = bytes(data[pos + 8:pos + 8 + size])
-            pos += 8 + size
-            if size > limit or len(body) < size:
-                break
-            msg = rpc_pb2.Message()
+        for msg, age_ms in RetainedStore.decode(bytes(data), self.config.max_message_size + 4096):
             try:
-                msg.ParseFromString(body)
+                if msg is None:
+                    raise ValueError("not a pub/sub message")
                 origin = PeerId(ID(msg.from_id).to_base58())
             except Exception:
                 self._messages_dropped += 1
                 continue
-            topics = [t for t in msg.topicIDs if t in self._topics and t in self._retained_topics]
+            topics = [t for t in msg.topicIDs if t in self._topics and t in self._retained.topics]
             if not topics or origin == self.local_peer_id or not self._peering.is_allowed(origin):
                 continue
             if self._pubsub._is_msg_seen(msg):
                 continue
-            held = self._retained.get((bytes(msg.from_id), topics[0]))
-            if held is not None and held[0].seqno >= msg.seqno:
+            if not self._retained.is_news(msg, topics[0]):
                 continue  # we hold the same or a newer one from that origin
             if not signature_validator(msg):
                 self._messages_dropped += 1
                 log.debug("retained message from %s with a bad signature (via %s)", origin, peer)
                 continue
             self._pubsub._mark_msg_seen(msg)
-            self._retain(msg)
+            self._retained.keep(msg, trio.current_time())
             self.retained_received += 1
             self._received += 1
             self._bytes_in += len(msg.data)
@@ -521,7 +490,7 @@ class AviP2p:
             self._remember(peer)
             if self._dht is not None:
                 self._nursery_soon(self._add_to_dht, _peer(conn))
-            if self._retained_topics:
+            if self._retained.topics:
                 self._nursery_soon(self._send_retained, _peer(conn))
             await self._emit(PeerConnected(peer, address))
 
@@ -940,83 +909,3 @@ class AviP2p:
             peers_forgotten=self._peering.redial.forgotten,
             messages_unsent=self._pubsub.unsent,
         )
-
-
-
-
-class AviP2pHandle:
-    """A cheap, copyable reference to a running node. Every call succeeds or raises an
-    `AviP2pError`; none waits on the network for longer than `request_timeout`. The handle
-    checks its arguments and forwards to the node, which does the work."""
-
-    __slots__ = ("_node",)
-
-    def __init__(self, node: AviP2p) -> None:
-        self._node = node
-
-    @property
-    def local_peer_id(self) -> PeerId:
-        return self._node.local_peer_id
-
-    def listen_addresses(self) -> list[str]:
-        return self._node._listen_addresses()
-
-    def connected_peers(self) -> list[PeerId]:
-        return self._node._connected_peers()
-
-    # pub/sub
-    async def subscribe(self, topic: str) -> None:
-        _check_topic(topic)
-        await self._node._subscribe(topic)
-
-    async def unsubscribe(self, topic: str) -> None:
-        _check_topic(topic)
-        await self._node._unsubscribe(topic)
-
-    async def publish(self, topic: str, data: bytes) -> None:
-        _check_topic(topic)
-        limit = self._node.config.max_message_size
-        if len(data) > limit:
-            raise LimitError(f"message of {len(data)} bytes exceeds max_message_size ({limit})")
-        await self._node._publish(topic, bytes(data))
-
-    # peers
-    async def dial(self, address: str) -> PeerId:
-        """Connect to a peer at a multiaddr with a /p2p/<peer id> part; returns its id."""
-        try:
-            info = info_from_p2p_addr(multiaddr.Multiaddr(address))
-        except Exception as exc:
-            raise DialError(f"not a dialable multiaddr {address!r}: {exc}") from None
-        return await self._node._dial(info, address)
-
-    async def discover_peers(self) -> None:
-        """Start a discovery round now (bootstrap, DHT, known peers); results come as events."""
-        self._node._discover_peers()
-        await trio.lowlevel.checkpoint()  # (the round runs in the node's task)
-
-    # audio streams
-    async def request_audio_stream(self, peer: PeerId) -> StreamId:
-        """Open an audio stream to `peer`. Frames sent before the peer accepts are queued (drop
-        oldest); acceptance arrives as `AudioStreamAccepted`, refusal as `AudioStreamClosed`."""
-        return await self._node._request_audio_stream(peer)
-
-    async def accept_audio_stream(self, stream_id: StreamId) -> None:
-        await self._node._accept_audio_stream(stream_id)
-
-    async def reject_audio_stream(self, stream_id: StreamId, reason: str) -> None:
-        await self._node._reject_audio_stream(stream_id, reason)
-
-    async def send_audio(self, stream_id: StreamId, data: bytes, *, timestamp_us: int | None = None,
-                         codec: int = 1) -> None:
-        """Queue one frame; never waits for the network (the oldest queued frame is dropped
-        when the peer cannot keep up). `timestamp_us` is the capture time on CLOCK_MONOTONIC."""
-        await trio.lowlevel.checkpoint()  # never waits, but is a checkpoint (cancelled: not queued)
-        self._node._send_audio(stream_id, bytes(data), now_us() if timestamp_us is None else timestamp_us, codec)
-
-    async def close_audio_stream(self, stream_id: StreamId) -> None:
-        await self._node._close_audio_stream(stream_id)
-
-
-def _check_topic(topic: str) -> None:
-    if not isinstance(topic, str) or not topic or len(topic) > 256:
-        raise PubSubError(f"invalid topic {topic!r}: expected 1 to 256 characters")

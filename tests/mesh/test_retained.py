@@ -45,3 +45,42 @@ async def test_topics_not_retained_are_not_handed_over() -> None:
         await b.h.dial(a.addr)
         await trio.sleep(1.5)
         assert not [e for e in b.seen if isinstance(e, Message)]
+
+
+# --- RetainedStore without sockets -------------------------------------------------------------
+
+def _msg(origin: bytes, topic: str, seqno: int, data: bytes = b"x"):  # type: ignore[no-untyped-def]
+    from libp2p.pubsub.pb import rpc_pb2
+
+    return rpc_pb2.Message(from_id=origin, data=data, seqno=seqno.to_bytes(8, "big"), topicIDs=[topic])
+
+
+def test_store_keeps_the_latest_per_origin_and_topic_and_hands_over_the_others() -> None:
+    from agent.mesh.retained import RetainedStore
+
+    store = RetainedStore(["st"], limit=3)
+    store.keep(_msg(b"A", "st", 1), 0.0)
+    store.keep(_msg(b"A", "other", 1), 0.0)  # not a retained topic
+    store.keep(_msg(b"A", "st", 2, b"new"), 1.0)
+    store.keep(_msg(b"B", "st", 1), 1.5)
+    assert len(store) == 2
+    assert not store.is_news(_msg(b"A", "st", 2), "st") and store.is_news(_msg(b"A", "st", 3), "st")
+    got = list(RetainedStore.decode(store.encode_for(b"B", 3.0), 65536))
+    assert [(m.from_id, m.data, age) for m, age in got] == [(b"A", b"new", 2000)]  # not B's own
+    for i in range(5):
+        store.keep(_msg(b"C%d" % i, "st", 1), 4.0)
+    assert len(store) == 3  # bounded, the least recently updated dropped first
+    assert [m.from_id for m, _ in RetainedStore.decode(store.encode_for(b"Z", 4.0), 65536)] == [b"C2", b"C3", b"C4"]
+
+
+def test_decode_stops_at_a_truncated_or_oversized_entry_and_flags_garbage() -> None:
+    from agent.mesh.retained import RetainedStore
+
+    store = RetainedStore(["st"])
+    store.keep(_msg(b"A", "st", 1), 0.0)
+    whole = store.encode_for(b"Z", 0.0)
+    assert len(list(RetainedStore.decode(whole, 65536))) == 1
+    assert list(RetainedStore.decode(whole[:-1], 65536)) == []  # truncated
+    assert list(RetainedStore.decode(whole, 4)) == []  # longer than the limit
+    garbage = (3).to_bytes(4, "big") + (7).to_bytes(4, "big") + b"\xff\xff\xff"
+    assert list(RetainedStore.decode(garbage + whole, 65536))[0] == (None, 7)
