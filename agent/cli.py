@@ -137,7 +137,7 @@ def _identity_problems(cfg: AgentConfig) -> list[str]:
                     "so run cannot create the key"]
         print(f"# mesh.identity_path: {path} does not exist yet: run creates it", file=sys.stderr)
         return []
-    from agent.mesh.identity import IdentityError, peer_id_of, read_identity
+    from agent.mesh import IdentityError, peer_id_of, read_identity
 
     try:
         kp = read_identity(path)

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from agent.mesh.config import AviP2pConfig
+from agent.mesh import AviP2pConfig
 from hw.config import AudioConfig, GpioConfig
 
 __all__ = [

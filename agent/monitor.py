@@ -29,8 +29,7 @@ from typing import Any, TextIO
 import trio
 
 from agent.config import AgentConfig
-from agent.mesh.errors import AviP2pError
-from agent.mesh.events import Message
+from agent.mesh import AviP2pError, Message
 from agent.status import FleetEntry, FleetView, entry_json, fake_devices
 
 __all__ = ["Monitor", "render_table", "fleet_rows", "COLUMNS", "NO_NODES_HINT", "dial_address_problem"]
@@ -132,7 +131,7 @@ def dial_address_problem(addr: str) -> str | None:
     """Why ``addr`` cannot be dialled (a sentence), or None when it is a dialable multiaddr."""
     from multiaddr import Multiaddr
 
-    from agent.mesh.config import is_peer_id
+    from agent.mesh import is_peer_id
 
     try:
         ma = str(Multiaddr(addr))

@@ -118,8 +118,7 @@ def _write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
 
 def _identity(spec: NodeSpec, avi: Path) -> str | None:
     """Put the node's identity key into ``avi/`` and return its peer id (None: no key)."""
-    from agent.mesh.errors import IdentityError
-    from agent.mesh.identity import new_identity, peer_id_of, read_identity, write_identity
+    from agent.mesh import IdentityError, new_identity, peer_id_of, read_identity, write_identity
 
     dst = avi / "identity.key"
     if spec.identity is None:

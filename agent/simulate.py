@@ -24,7 +24,7 @@ from pathlib import Path
 import trio
 
 from agent.config import AgentConfig
-from agent.mesh.identity import new_identity, peer_id_of, write_identity
+from agent.mesh import new_identity, peer_id_of, write_identity
 
 STATUS_TOPIC = "avi/status"
 
@@ -124,7 +124,7 @@ def prepare(out: Path, nodes: list[SimNode]) -> None:
         key_path = node.dir / "identity.key"
         if not key_path.exists():
             write_identity(key_path, new_identity())
-        from agent.mesh.identity import read_identity
+        from agent.mesh import read_identity
 
         node.peer_id = peer_id_of(read_identity(key_path))
         if not node.port:

@@ -25,8 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent import __version__
 from agent.config import StatusConfig
-from agent.mesh.errors import AviP2pError
-from agent.mesh.events import Message
+from agent.mesh import AviP2pError, Message
 
 __all__ = ["STATUS_VERSION", "StatusMessage", "StatusRejected", "encode_status", "decode_status",
            "FleetEntry", "FleetStats", "FleetView", "Status", "MAX_LISTED_PEERS", "fake_devices",

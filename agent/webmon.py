@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from agent.httpd import Request, Response, Stream, serve_http
-from agent.mesh.errors import AviP2pError
+from agent.mesh import AviP2pError
 from agent.monitor import COLUMNS, fleet_rows
 
 if TYPE_CHECKING:

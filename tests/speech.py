@@ -253,7 +253,7 @@ def run_speech(rig: object, speech: Path, link: Link, workdir: Path, *, talk: di
     import tomllib
 
     from agent.config import AgentConfig
-    from agent.mesh.identity import new_identity, peer_id_of, write_identity
+    from agent.mesh import new_identity, peer_id_of, write_identity
     from agent.simulate import SimNode, start, stop
 
     if checkout is not None and python is None:

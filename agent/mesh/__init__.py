@@ -1,12 +1,15 @@
 """avi-p2p for Python: the audio mesh layer of avi-agent.
 
 A library with no dependency on the rest of the agent. No py-libp2p type crosses this surface:
-peers are `PeerId` strings, streams are `StreamId` integers, addresses are multiaddr strings.
+peers are `PeerId` strings, streams are `StreamId` integers, addresses are multiaddr strings. (The
+one exception: the key pair of the identity helpers, an opaque value to pass from `new_identity`
+or `read_identity` to `write_identity` or `peer_id_of`.) This module is the whole surface: the
+modules behind it are private.
 """
 
 from typing import TYPE_CHECKING
 
-from .config import AviP2pConfig
+from .config import AviP2pConfig, is_peer_id
 from .errors import (AviP2pError, ConfigError, DialError, IdentityError, LimitError,
                      NotAllowedError, NotRunningError, ProtocolError, PubSubError,
                      StreamRejectedError, TimeoutError, UnknownPeerError, UnknownStreamError)
@@ -17,11 +20,15 @@ from .events import (AudioData, AudioStreamAccepted, AudioStreamClosed, AudioStr
 if TYPE_CHECKING:
     from .audio_session import StreamStats
     from .handle import AviP2pHandle
+    from .identity import load_or_create_identity, new_identity, peer_id_of, read_identity, write_identity
     from .node import AviP2p, NodeStats
 
 # The node pulls in py-libp2p (about 1 s and 70 MB); config, events and errors do not, so
-# `check-config` and other light users stay fast. The node's names load on first use.
-_LAZY = {"AviP2p": "node", "AviP2pHandle": "handle", "NodeStats": "node", "StreamStats": "audio_session"}
+# `check-config` and other light users stay fast. The node's names, and the identity helpers
+# (their key pair is py-libp2p's, to pass on as it is), load on first use.
+_LAZY = {"AviP2p": "node", "AviP2pHandle": "handle", "NodeStats": "node", "StreamStats": "audio_session",
+         "new_identity": "identity", "read_identity": "identity", "write_identity": "identity",
+         "load_or_create_identity": "identity", "peer_id_of": "identity"}
 
 
 def __getattr__(name: str) -> object:
@@ -40,4 +47,5 @@ __all__ = [
     "AviP2pError", "ConfigError", "IdentityError", "NotRunningError", "DialError",
     "UnknownPeerError", "UnknownStreamError", "LimitError", "NotAllowedError", "ProtocolError",
     "StreamRejectedError", "TimeoutError", "PubSubError",
+    "new_identity", "read_identity", "write_identity", "load_or_create_identity", "peer_id_of", "is_peer_id",
 ]

@@ -16,6 +16,7 @@ from libp2p.crypto.serialization import deserialize_private_key
 from libp2p.peer.id import ID
 
 from .errors import IdentityError
+from .events import PeerId
 
 MAX_KEY_FILE = 4096
 
@@ -25,8 +26,9 @@ def new_identity() -> KeyPair:
     return create_new_key_pair()
 
 
-def peer_id_of(key_pair: KeyPair) -> str:
-    return ID.from_pubkey(key_pair.public_key).to_base58()
+def peer_id_of(key_pair: KeyPair) -> PeerId:
+    """The peer id of a key pair (as `new_identity` or `read_identity` return it)."""
+    return PeerId(ID.from_pubkey(key_pair.public_key).to_base58())
 
 
 def write_identity(path: Path, key_pair: KeyPair) -> None:

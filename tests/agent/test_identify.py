@@ -10,7 +10,7 @@ from pathlib import Path
 
 from agent.config import AgentConfig
 from agent.identify import IdentifyPolicy, encode_request, parse_request
-from agent.mesh.identity import new_identity, peer_id_of, write_identity
+from agent.mesh import new_identity, peer_id_of, write_identity
 from agent.sdnotify import Notifier
 from agent.service import Service
 from tests.agent.test_service import AgentProc, procs, write_config  # noqa: F401 (fixture)

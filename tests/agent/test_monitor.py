@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from agent.mesh.identity import new_identity, peer_id_of, write_identity
+from agent.mesh import new_identity, peer_id_of, write_identity
 from agent.monitor import COLUMNS, NO_NODES_HINT, fleet_rows, render_table
 from agent.status import FleetView, StatusMessage, encode_status
 from tests.agent.test_service import STOP_BOUND_S, AgentProc, write_config

@@ -16,7 +16,7 @@ import pytest
 
 import agent.cli as cli
 import agent.config as config_mod
-from agent.mesh.identity import new_identity, peer_id_of, write_identity
+from agent.mesh import new_identity, peer_id_of, write_identity
 from agent.monitor import NO_NODES_HINT
 from tests.agent.test_service import ROOT, AgentProc, procs, write_config  # noqa: F401 (fixture)
 

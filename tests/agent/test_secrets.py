@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from agent.config import AgentConfig
 from agent.mesh import AviP2p, AviP2pConfig, Message
-from agent.mesh.identity import new_identity, peer_id_of, write_identity
+from agent.mesh import new_identity, peer_id_of, write_identity
 from tests.agent.test_service import AgentProc, NotifySocket, write_config
 
 

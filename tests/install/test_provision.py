@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import load_config
-from agent.mesh.identity import peer_id_of, read_identity, write_identity, new_identity
+from agent.mesh import peer_id_of, read_identity, write_identity, new_identity
 
 from .util import PROVISION, diff, passwd_entry, run, script_env, snapshot
 

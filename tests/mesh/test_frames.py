@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.mesh.errors import ProtocolError
+from agent.mesh import ProtocolError
 from agent.mesh.frames import (
     HEADER,
     MAX_BUFFERED,

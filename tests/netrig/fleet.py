@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from agent.config import AgentConfig
-from agent.mesh.identity import new_identity, peer_id_of, read_identity, write_identity
+from agent.mesh import new_identity, peer_id_of, read_identity, write_identity
 from agent.simulate import _toml_value as _toml
 
 from .rig import Rig
