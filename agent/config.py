@@ -82,8 +82,10 @@ class TalkConfig(_Section):
     current_group: str | None = Field(None, description="None = the first of groups")
     jitter_target_ms: int = Field(40, ge=10, le=500,
                                   description="the adaptive jitter buffer's lowest target delay")
-    jitter_max_ms: int = Field(300, ge=20, le=2000,
-                               description="the adaptive jitter buffer's highest delay")
+    jitter_max_ms: int = Field(220, ge=20, le=2000,
+                               description="the adaptive jitter buffer's highest delay: with 40 ms "
+                               "packets and the sink's frame, mouth-to-ear stays within the "
+                               "push-to-talk budget of 300 ms (3GPP TS 22.179)")
     codec: Literal["opus", "pcm"] = Field("opus", description="sent to peers that decode it; "
                                           "PCM S16LE to the others (and when libopus is missing)")
     opus_bitrate: int = Field(32_000, ge=6_000, le=510_000, description="bit/s")

@@ -58,8 +58,8 @@ async def test_two_nodes_each_hears_the_other(tmp_path: Path) -> None:
         assert rx.frames_played >= 0.9 * sent.frames_sent
         assert rx.latency_samples >= 80 and rx.latency_p50_ms is not None
         # Measured p50 ~95-100 ms (with two CPU hogs too). The adaptive playout may raise its
-        # delay up to jitter_max_ms (300 ms) when a busy machine makes arrivals jittery, so the
-        # bound is that plus 100 ms: a value past it means latency is not under control.
+        # delay up to jitter_max_ms (220 ms) when a busy machine makes arrivals jittery, so the
+        # bound is that plus 180 ms: a value past it means latency is not under control.
         assert 20 <= rx.latency_p50_ms < 400, rx.latency_p50_ms
 
 
