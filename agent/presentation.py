@@ -67,7 +67,7 @@ class ServiceView:
     def figures(self) -> LocalFigures:
         """This node's figures for the status message."""
         s = self.state
-        peers = list(s.handle.connected_peers()) if s.handle is not None else []
+        peers = [str(p) for p in s.handle.connected_peers()] if s.handle is not None else []
         s_in, s_out = self.stream_counts()
         sent = received = drops = xruns = late = concealed = 0
         stretched = 0.0

@@ -41,7 +41,8 @@ from agent.devices import Devices, DeviceSupervisor
 from agent.faults import Faults, describe, leaves
 from agent.logs import adopt_libp2p_logging, current_summarizer, setup_logging
 from agent.mesh import (AudioData, AudioStreamAccepted, AudioStreamClosed, AudioStreamRequested, AviP2pError,
-                        DialError, Event, Message, PeerConnected, PeerDisconnected, PeerDiscovered, Started)
+                        DialError, Event, Message, PeerConnected, PeerDisconnected, PeerDiscovered, PeerId,
+                        Started, StreamId)
 from agent.mesh import ConfigError as MeshConfigError
 from agent.metrics import serve_metrics
 from agent.presentation import ServiceView, backends
@@ -392,7 +393,7 @@ class Service:
                 self.hw.show(self.view.led_pattern())
             self._root.start_soon(back)
 
-    async def _refuse_stream(self, peer: str, stream_id: int) -> None:
+    async def _refuse_stream(self, peer: PeerId, stream_id: StreamId) -> None:
         try:
             if self.handle is not None:
                 await self.handle.reject_audio_stream(stream_id, "push-to-talk is not running on this node")

@@ -2,8 +2,10 @@
 
 The service builds ``Talk(config, handle, source, sink, button, led)``, runs it with
 ``await nursery.start(talk.run)``, forwards mesh events to ``await talk.handle_event(event)``
-and reads ``talk.stats()``. The pure parts (codecs and their negotiation, the adaptive playout
-with its delay estimator and time-stretching, mixer, groups) have no I/O.
+and reads ``talk.stats()``: :class:`TalkLike` is that surface, :data:`TalkFactory` how the
+service gets one (``Service(..., talk_class=Talk)``; a test hands a stand-in). The pure parts
+(codecs and their negotiation, the adaptive playout with its delay estimator and
+time-stretching, mixer, groups) have no I/O.
 """
 
 from .codec import (OPUS, PCM_S16LE, Codec, CodecError, OpusCodec, OpusSettings, PcmS16le, choose_codec,
