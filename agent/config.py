@@ -10,6 +10,7 @@ that will not fix itself (``RestartPreventExitStatus=78`` in the unit).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -17,6 +18,7 @@ import socket
 import tomllib
 import types
 import typing
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -44,6 +46,8 @@ __all__ = [
     "render_toml",
     "to_toml",
 ]
+
+log = logging.getLogger(__name__)
 
 EX_CONFIG = 78  # sysexits.h: configuration error
 DEFAULT_CONFIG_PATH = Path("/etc/avi-agent/agent.toml")
@@ -253,22 +257,32 @@ def load_config(path: Path | None = None, env: Mapping[str, str] = os.environ) -
         except tomllib.TOMLDecodeError as exc:
             problems.append(_toml_error(label, exc))
 
-    overrides, env_problems = _parse_env(env)
-    problems.extend(env_problems)
-    env_paths: dict[tuple[str, ...], str] = {}
-    for var, (fpath, value) in overrides.items():
-        clash = _deep_set(data, fpath, value)
-        if clash is not None:
-            problems.append(f"{var}: {'.'.join(fpath)}: cannot override, {label} sets "
-                            f"{'.'.join(clash)} to a non-table value")
-        else:
-            env_paths[fpath] = var
+    # Old setting names (e.g. mesh.stream_timeout, now stream_timeout_s) still load; each use is
+    # logged as a warning naming where it came from, so the file can be brought up to date.
+    with warnings.catch_warnings(record=True) as deprecated:
+        warnings.simplefilter("always", DeprecationWarning)
+        overrides, env_problems = _parse_env(env)
+        problems.extend(env_problems)
+        env_paths: dict[tuple[str, ...], str] = {}
+        for var, (fpath, value) in overrides.items():
+            clash = _deep_set(data, fpath, value)
+            if clash is not None:
+                problems.append(f"{var}: {'.'.join(fpath)}: cannot override, {label} sets "
+                                f"{'.'.join(clash)} to a non-table value")
+            else:
+                env_paths[fpath] = var
 
-    try:
-        cfg = AgentConfig.model_validate(data)
-    except ValidationError as exc:
-        problems.extend(_format_validation(exc, label, env_paths))
-        cfg = None
+        try:
+            cfg = AgentConfig.model_validate(data)
+        except ValidationError as exc:
+            problems.extend(_format_validation(exc, label, env_paths))
+            cfg = None
+    for w in deprecated:
+        if issubclass(w.category, DeprecationWarning):
+            text = str(w.message)
+            log.warning("%s", text if text.startswith(ENV_PREFIX) else f"{label}: {text}")
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if problems:
         raise ConfigError(problems)
     assert cfg is not None
@@ -336,6 +350,12 @@ def _parse_env(env: Mapping[str, str]) -> tuple[dict[str, tuple[tuple[str, ...],
                 problems.append(f"{var}: {'.'.join(fpath)} is not a table, so it has no field {part!r}")
                 break
             fields = model.model_fields
+            renamed = getattr(model, "renamed_fields", {})
+            if part not in fields and part in renamed:
+                warnings.warn(f"{var}: {'.'.join([*fpath, part])} is deprecated: it is now "
+                              f"{renamed[part]} (write {ENV_PREFIX}{ENV_SEPARATOR.join([*fpath, renamed[part]]).upper()})",
+                              DeprecationWarning, stacklevel=2)
+                part = renamed[part]
             if part not in fields:
                 where = ".".join(fpath) or "the top level"
                 problems.append(f"{var}: unknown setting {'.'.join([*fpath, part])!r} "

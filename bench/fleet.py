@@ -46,7 +46,7 @@ def main() -> int:
     ap.add_argument("--baseline", action="store_true", help="also run the smallest N with full-mesh settings")
     ap.add_argument("--out", type=Path, default=None, help="keep logs/WAVs here (default: a temp dir)")
     ap.add_argument("--variant", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                    help="also run each N with these settings changed (JSON values), e.g. mesh.gossip_heartbeat=3")
+                    help="also run each N with these settings changed (JSON values), e.g. mesh.gossip_heartbeat_s=3")
     ap.add_argument("--no-defaults", action="store_true", help="run the variant only")
     ap.add_argument("--baseline-code", type=Path, default=None, metavar="DIR",
                     help="also run the smallest N with the agent of this checkout (e.g. a worktree of "

@@ -114,7 +114,7 @@ class AudioSession:
     async def write_control(self, data: bytes) -> None:
         """Write a control frame, bounded by the stream timeout."""
         async with self._write_lock:
-            with trio.move_on_after(self._config.stream_timeout) as cs:
+            with trio.move_on_after(self._config.stream_timeout_s) as cs:
                 await self.stream.write(data)
                 self.bytes_out += len(data)
             if cs.cancelled_caught:
@@ -185,7 +185,7 @@ class AudioSession:
     async def _reader(self) -> None:
         cfg = self._config
         while True:
-            timeout = cfg.request_timeout if self.awaiting_accept else cfg.stream_timeout
+            timeout = cfg.request_timeout_s if self.awaiting_accept else cfg.stream_timeout_s
             with trio.move_on_after(timeout) as cs:
                 try:
                     data = await read_some(self.stream, READ_CHUNK)
@@ -232,7 +232,7 @@ class AudioSession:
                 pass  # keepalives only prove liveness, which the read already did
 
     async def _writer(self) -> None:
-        interval = self._config.keepalive_interval
+        interval = self._config.keepalive_interval_s
         last_write = trio.current_time()
         while True:
             with trio.move_on_at(last_write + interval):

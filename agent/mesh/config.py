@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
+from typing import Any, ClassVar
 
 from multiaddr import Multiaddr
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .audio_protocol import KEEPALIVE_INTERVAL, STREAM_TIMEOUT
 
 
 _B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
@@ -31,8 +35,21 @@ def is_peer_id(text: str) -> bool:
     return False
 
 
+# Time fields carry their unit in the name, like the rest of agent.toml. The names before that
+# are still read (with a DeprecationWarning) so an existing config file keeps working.
+RENAMED_FIELDS: dict[str, str] = {
+    "keepalive_interval": "keepalive_interval_s",
+    "stream_timeout": "stream_timeout_s",
+    "request_timeout": "request_timeout_s",
+    "gossip_heartbeat": "gossip_heartbeat_s",
+    "discovery_interval": "discovery_interval_s",
+}
+
+
 class AviP2pConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    renamed_fields: ClassVar[dict[str, str]] = RENAMED_FIELDS
 
     node_name: str = Field("avi-node", min_length=1, max_length=64)
     listen_host: str = "127.0.0.1"
@@ -55,18 +72,18 @@ class AviP2pConfig(BaseModel):
     allowed_peers: list[str] = Field(default_factory=list, max_length=4096,
                                      description="empty = anyone may connect")
     # Audio stream liveness: a keepalive goes out when no frame was sent for this long ...
-    keepalive_interval: float = Field(1.0, ge=0.05, le=30.0)
+    keepalive_interval_s: float = Field(KEEPALIVE_INTERVAL, ge=0.05, le=30.0)
     # ... and a stream that receives nothing for this long is closed with reason "timeout".
-    stream_timeout: float = Field(4.0, ge=0.2, le=120.0)
+    stream_timeout_s: float = Field(STREAM_TIMEOUT, ge=0.2, le=120.0)
     # How long a handle call waits on the network (dial, stream open, accept) before TimeoutError.
-    request_timeout: float = Field(10.0, ge=0.1, le=300.0)
+    request_timeout_s: float = Field(10.0, ge=0.1, le=300.0)
     # Frames a stream may queue for sending before the oldest is dropped (audio is real-time).
     audio_send_buffer: int = Field(16, ge=1, le=1024)
-    gossip_heartbeat: float = Field(1.0, ge=0.1, le=60.0)
+    gossip_heartbeat_s: float = Field(1.0, ge=0.1, le=60.0)
     # Messages per second the node promises to accept from one peer on one topic.
     pubsub_rate_limit: int = Field(200, ge=1, le=10000)
     max_message_size: int = Field(64 * 1024, ge=1024, le=1024 * 1024)
-    discovery_interval: float = Field(10.0, ge=1.0, le=3600.0)
+    discovery_interval_s: float = Field(10.0, ge=1.0, le=3600.0)
     # A known peer that is not connected is redialled with doubling gaps (from 1 s) up to this ...
     redial_max_s: float = Field(15.0, ge=1.0, le=3600.0)
     # ... and forgotten once missing this long (configured bootstrap peers never are).
@@ -75,6 +92,22 @@ class AviP2pConfig(BaseModel):
     # peer (signed originals, checked again on arrival), so a newcomer knows the fleet's state
     # at once rather than after everyone's next periodic message.
     retained_topics: list[str] = Field(default_factory=list, max_length=16)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _accept_old_names(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not any(old in data for old in RENAMED_FIELDS):
+            return data
+        data = dict(data)
+        for old, new in RENAMED_FIELDS.items():
+            if old not in data:
+                continue
+            if new in data:
+                raise ValueError(f"{old} is the old name of {new}: give only {new}")
+            warnings.warn(f"mesh.{old} is deprecated: it is now mesh.{new} (same value, in seconds)",
+                          DeprecationWarning, stacklevel=2)
+            data[new] = data.pop(old)
+        return data
 
     @field_validator("bootstrap_peers")
     @classmethod
@@ -119,8 +152,8 @@ class AviP2pConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_liveness(self) -> AviP2pConfig:
-        if self.stream_timeout < 2 * self.keepalive_interval:
+        if self.stream_timeout_s < 2 * self.keepalive_interval_s:
             raise ValueError(
-                f"stream_timeout ({self.stream_timeout:g} s) must be at least twice keepalive_interval "
-                f"({self.keepalive_interval:g} s), or a quiet but healthy stream would time out")
+                f"stream_timeout_s ({self.stream_timeout_s:g} s) must be at least twice keepalive_interval_s "
+                f"({self.keepalive_interval_s:g} s), or a quiet but healthy stream would time out")
         return self

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 class AviP2pHandle:
     """A cheap, copyable reference to a running node. Every call succeeds or raises an
-    `AviP2pError`; none waits on the network for longer than `request_timeout`. The handle
+    `AviP2pError`; none waits on the network for longer than `request_timeout_s`. The handle
     checks its arguments and forwards to the node, which does the work."""
 
     __slots__ = ("_node",)

@@ -145,7 +145,7 @@ class AviP2p:
         self._host: IHost = secure_host(key_pair, enable_mdns=config.enable_mdns,
                                         max_connections=config.max_peers * 3 + 8)
         self.local_peer_id = PeerId(self._host.get_id().to_base58())
-        router = gossip_router(heartbeat=config.gossip_heartbeat, rate_limit=config.pubsub_rate_limit,
+        router = gossip_router(heartbeat=config.gossip_heartbeat_s, rate_limit=config.pubsub_rate_limit,
                                all_on_loopback=all_loopback([config.listen_host]))
         self._router = router
         self._pubsub = DeliveringPubsub(self._host, router, self._deliver_message, config.max_message_size)
@@ -277,7 +277,7 @@ class AviP2p:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._pump_events)
-            with trio.fail_after(self.config.request_timeout):
+            with trio.fail_after(self.config.request_timeout_s):
                 await self._pubsub.wait_until_ready()
             self._listen_addrs = tuple(str(a) for a in self._host.get_addrs())
             if not self._listen_addrs:
@@ -382,7 +382,7 @@ class AviP2p:
         out = self._retained.encode_for(peer.to_bytes(), trio.current_time())
         if not out:
             return
-        with trio.move_on_after(self.config.request_timeout):
+        with trio.move_on_after(self.config.request_timeout_s):
             try:
                 stream = await self._host.new_stream(peer, [RETAINED_PROTOCOL_ID])
                 await stream.write(out)
@@ -401,7 +401,7 @@ class AviP2p:
             await stream.reset()
             return
         data = bytearray()
-        with trio.move_on_after(self.config.request_timeout):
+        with trio.move_on_after(self.config.request_timeout_s):
             try:
                 while len(data) <= MAX_RETAINED_SYNC_BYTES:
                     chunk = await read_some(stream, 65536)
@@ -465,7 +465,7 @@ class AviP2p:
         """A new connection counts (PeerConnected) once the other side admits us too, so a
         peer that refuses us (its allow list, its max_peers) never shows as connected."""
         try:
-            with trio.move_on_after(min(self.config.request_timeout, DIAL_TIMEOUT_S)):
+            with trio.move_on_after(min(self.config.request_timeout_s, DIAL_TIMEOUT_S)):
                 refusal = await self._ask_admission(conn)
                 if refusal is not None:
                     log.info("%s refused our connection: %s", peer, refusal)
@@ -516,7 +516,7 @@ class AviP2p:
 
     async def _add_to_dht(self, peer: ID) -> None:
         assert self._dht is not None
-        with trio.move_on_after(self.config.request_timeout):
+        with trio.move_on_after(self.config.request_timeout_s):
             try:
                 await self._dht.add_peer(peer)
             except Exception as exc:
@@ -599,7 +599,7 @@ class AviP2p:
 
     async def _dial_task(self, peer: PeerId, info: PeerInfo) -> None:
         try:
-            with trio.move_on_after(min(self.config.request_timeout, DIAL_TIMEOUT_S)):
+            with trio.move_on_after(min(self.config.request_timeout_s, DIAL_TIMEOUT_S)):
                 forget_failed_dials(self._host, info.peer_id)
                 await self._host.connect(info)
                 # Still "dialling" until admitted (or gone): the dial budget must not see a gap
@@ -613,7 +613,7 @@ class AviP2p:
 
     async def _maintain_connections(self) -> None:
         """Keep bootstrap and known peers connected; run discovery rounds. Backs off to
-        `discovery_interval` while nothing changes, and runs at once on `discover_peers()`."""
+        `discovery_interval_s` while nothing changes, and runs at once on `discover_peers()`."""
         for addr in self.config.bootstrap_peers:
             info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
             self._host.get_peerstore().add_addrs(info.peer_id, info.addrs, 3600 * 24)
@@ -634,13 +634,13 @@ class AviP2p:
             woken = self._discover_now.is_set()
             if woken:
                 self._discover_now = trio.Event()
-            delay = self._peering.next_delay(delay, woken=woken, interval=self.config.discovery_interval)
+            delay = self._peering.next_delay(delay, woken=woken, interval=self.config.discovery_interval_s)
 
     async def _dht_round(self) -> None:
         """Ask the DHT for peers near our own id; report and dial the ones we do not have."""
         assert self._dht is not None
         found: list[ID] = []
-        with trio.move_on_after(self.config.request_timeout):
+        with trio.move_on_after(self.config.request_timeout_s):
             try:
                 found = await self._dht.peer_routing.find_closest_peers_network(
                     self._host.get_id().to_bytes(), count=self.config.max_peers)
@@ -722,7 +722,7 @@ class AviP2p:
             return
         conn = ap.AudioStreamConnection(ap.Role.RESPONDER)
         request: ap.StreamRequested | None = None
-        with trio.move_on_after(self.config.request_timeout):
+        with trio.move_on_after(self.config.request_timeout_s):
             try:
                 while request is None:
                     data = await read_some(stream, 4096)
@@ -769,14 +769,14 @@ class AviP2p:
     # --- operations: what AviP2pHandle forwards to (the handle is their public face) ---------
     async def _command(self, what: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run one command: at most `command_buffer` at once (extra callers wait), at most
-        `request_timeout` long, any failure raised as an `AviP2pError`."""
+        `request_timeout_s` long, any failure raised as an `AviP2pError`."""
         self._require_running()
         async with self._commands:
             try:
-                with trio.fail_after(self.config.request_timeout):
+                with trio.fail_after(self.config.request_timeout_s):
                     return await fn(*args)
             except trio.TooSlowError:
-                raise TimeoutError(f"{what} did not complete within {self.config.request_timeout:g} s") from None
+                raise TimeoutError(f"{what} did not complete within {self.config.request_timeout_s:g} s") from None
             except AviP2pError:
                 raise
             except Exception as exc:

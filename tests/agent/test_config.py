@@ -385,3 +385,45 @@ def test_env_override_under_a_non_table_file_value(tmp_path: Path) -> None:
     probs = problems_of(p, {"AVI_MESH__LISTEN_PORT": "4001"})
     assert f"AVI_MESH__LISTEN_PORT: mesh.listen_port: cannot override, {p} sets mesh to a non-table value" in probs
     assert any(x.startswith(f"{p}: mesh: Input should be a valid dictionary") for x in probs)
+
+
+# --- renamed settings (old names still load, with a warning) ---------------------------------
+
+OLD_MESH_NAMES = {"keepalive_interval": 0.5, "stream_timeout": 2.0, "request_timeout": 3.0,
+                  "gossip_heartbeat": 0.7, "discovery_interval": 20.0}
+
+
+def test_old_mesh_time_names_load_with_a_warning_naming_the_file(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    p = write(tmp_path, "[mesh]\n" + "".join(f"{k} = {v}\n" for k, v in OLD_MESH_NAMES.items()))
+    with caplog.at_level("WARNING", logger="agent.config"):
+        cfg = load_config(p, {})
+    for old, value in OLD_MESH_NAMES.items():
+        assert getattr(cfg.mesh, old + "_s") == value
+        assert any(str(p) in r.getMessage() and f"mesh.{old} is deprecated" in r.getMessage()
+                   and f"mesh.{old}_s" in r.getMessage() for r in caplog.records), old
+    # check-config writes the new names only
+    assert "stream_timeout_s = 2.0" in render_toml(cfg) and "stream_timeout =" not in render_toml(cfg)
+
+
+def test_old_mesh_time_name_in_env_is_accepted_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="agent.config"):
+        cfg = load_config(None, {"AVI_MESH__STREAM_TIMEOUT": "6"})
+    assert cfg.mesh.stream_timeout_s == 6.0
+    assert any(r.getMessage().startswith("AVI_MESH__STREAM_TIMEOUT: mesh.stream_timeout is deprecated")
+               and "AVI_MESH__STREAM_TIMEOUT_S" in r.getMessage() for r in caplog.records)
+
+
+def test_old_and_new_name_together_is_an_error(tmp_path: Path) -> None:
+    p = write(tmp_path, "[mesh]\nstream_timeout = 5.0\nstream_timeout_s = 6.0\n")
+    probs = problems_of(p)
+    assert len(probs) == 1 and "stream_timeout is the old name of stream_timeout_s" in probs[0]
+    assert probs[0].startswith(f"{p}: mesh:")
+
+
+def test_new_names_load_without_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    p = write(tmp_path, "[mesh]\n" + "".join(f"{k}_s = {v}\n" for k, v in OLD_MESH_NAMES.items()))
+    with caplog.at_level("WARNING", logger="agent.config"):
+        cfg = load_config(p, {})
+    assert cfg.mesh.request_timeout_s == 3.0
+    assert not [r for r in caplog.records if "deprecated" in r.getMessage()]

@@ -155,7 +155,7 @@ async def probe_until_heard(t: Node, publish, peer: str) -> None:  # type: ignor
 
 
 async def test_topic_flood_is_cut_and_a_polite_peer_loses_nothing():
-    async with started(dict(gossip_heartbeat=0.3, pubsub_rate_limit=FLOOD_RATE_LIMIT), {}) as (t, polite), \
+    async with started(dict(gossip_heartbeat_s=0.3, pubsub_rate_limit=FLOOD_RATE_LIMIT), {}) as (t, polite), \
             raw_host() as raw:
         await polite.h.dial(t.addr)
         for n in (t, polite):

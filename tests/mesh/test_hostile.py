@@ -192,7 +192,7 @@ async def test_raw_peer_bad_frames_close_only_that_stream(case, announced):
 
 async def test_raw_peer_silent_after_request_times_out():
     """A peer that sends REQUEST and nothing more (no keepalives) is dropped by the timeout."""
-    async with started(dict(request_timeout=1.0, stream_timeout=1.0, keepalive_interval=0.5)) as (t,), raw_peer() as raw:
+    async with started(dict(request_timeout_s=1.0, stream_timeout_s=1.0, keepalive_interval_s=0.5)) as (t,), raw_peer() as raw:
         await raw.connect(info_from_p2p_addr(multiaddr.Multiaddr(t.addr)))
         stream = await raw.new_stream(ID.from_base58(t.peer_id), [PROTOCOL_ID])
         await stream.write(REQUEST)

@@ -22,7 +22,7 @@ from tests.mesh.meshutil import Node, cfg, chain, nodes
 from tests.mesh.peer_proc import start_peer, stop_peer
 
 DETECT_LIMIT = 10.0      # the brief: "within a few seconds"; generous for a noisy 2-core box
-FREEZE_LIMIT = 8.0       # stream_timeout is 4 s; PROTOCOL.md promises "about 4 s"
+FREEZE_LIMIT = 8.0       # stream_timeout_s is 4 s; PROTOCOL.md promises "about 4 s"
 SEND_CALL_LIMIT = 0.25   # send_audio only queues: anything near this means it waited
 # Margins measured here (2026-11-29, machine shared): SIGKILL noticed in 9-27 ms (stream) and
 # ~220 ms (peer), 40x under DETECT_LIMIT; a freeze closes the stream at 4.0 s, 4 s under

@@ -153,11 +153,11 @@ NEXT_DELAY = [
     # delay, woken, connected, known, interval -> next delay
     (8.0, True, (), (), 10.0, FIRST_ROUND_S),  # discover_peers(), a peer lost or refusing: at once
     (0.5, False, ("A", "B"), ("A", "B"), 10.0, 1.0),  # doubling while nothing changes ...
-    (8.0, False, ("A", "B"), ("A", "B"), 10.0, 10.0),  # ... up to discovery_interval
+    (8.0, False, ("A", "B"), ("A", "B"), 10.0, 10.0),  # ... up to discovery_interval_s
     (10.0, False, (), (), 10.0, 10.0),  # nobody known: nothing missing
     (0.5, False, ("A",), ("A", "B"), 10.0, 1.0),
     (1.5, False, ("A",), ("A", "B"), 10.0, REDIAL_MAX_S),  # a known peer is missing: at most 2 s
-    (1.0, False, ("A",), ("A", "B"), 1.0, 1.0),  # ... or discovery_interval when shorter
+    (1.0, False, ("A",), ("A", "B"), 1.0, 1.0),  # ... or discovery_interval_s when shorter
     (8.0, False, ("A", "B"), ("A", "B", "C"), 10.0, 10.0),  # at the target, C is not needed
 ]
 
