@@ -15,8 +15,9 @@ import trio
 
 from agent.config import AgentConfig
 from agent.faults import DEVICE_AREAS, FaultReporter, describe
+from hw.audio import open_audio_sink, open_audio_source
 from hw.audio.base import AudioSink, AudioSource
-from hw.config import open_audio_sink, open_audio_source, open_button, open_led
+from hw.gpio import open_button, open_led
 from hw.gpio.base import Button, Led, LedPattern
 
 __all__ = ["DEVICE_RETRY_MAX_S", "Devices", "DeviceSupervisor"]

@@ -22,7 +22,7 @@ import trio
 
 from agent.config import AgentConfig
 from agent.levels import DBFS_FLOOR, apply_gain, dbfs
-from hw.audio.base import AudioFormat, monotonic_us
+from hw.audio import AudioFormat, audio_format, monotonic_us, open_audio_sink, open_audio_source
 
 __all__ = ["SelftestResult", "analyse", "run_selftest", "tone"]
 
@@ -140,13 +140,10 @@ async def record_playback(source: Any, sink: Any, frames: list[bytes], capture_g
 
 def _open_devices(cfg: AgentConfig) -> tuple[Any, Any, str]:
     if cfg.audio.backend == "fake":
-        from hw.audio.factory import audio_format
         from hw.audio.fake import Loopback
 
         lb = Loopback(audio_format(cfg.audio), buffer_frames=cfg.audio.periods)
         return lb.source, lb.sink, "fake devices (a simulated speaker-to-microphone loopback)"
-    from hw.config import open_audio_sink, open_audio_source
-
     return (open_audio_source(cfg.audio), open_audio_sink(cfg.audio),
             f"ALSA: playback {cfg.audio.playback_device!r}, capture {cfg.audio.capture_device!r}")
 

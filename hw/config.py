@@ -2,20 +2,17 @@
 
 The agent's config embeds these as ``audio: AudioConfig`` and ``gpio: GpioConfig``.
 Every model forbids unknown fields so a typo is a validation error naming the field.
-The ``open_*`` factories build the backend a model names; the device modules are
-imported lazily so that e.g. the fake backend never imports ``alsaaudio`` or ``RPi.GPIO``.
+Models only: the factories that build what a model names are ``hw.audio.factory``
+(``open_audio_source``/``open_audio_sink``) and ``hw.gpio.factory`` (``open_button``/``open_led``),
+also exported from ``hw.audio`` and ``hw.gpio``. They import the models, never the other way round.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-if TYPE_CHECKING:
-    from hw.audio.base import AudioSink, AudioSource
-    from hw.gpio.base import Button, Led
 
 __all__ = [
     "AudioConfig",
@@ -24,10 +21,6 @@ __all__ = [
     "XrunInjectionConfig",
     "GpioConfig",
     "PressConfig",
-    "open_audio_source",
-    "open_audio_sink",
-    "open_button",
-    "open_led",
 ]
 
 
@@ -142,31 +135,3 @@ class GpioConfig(_Strict):
         if self.button_pin == self.led_pin:
             raise ValueError(f"button_pin and led_pin are both {self.button_pin}")
         return self
-
-
-def open_audio_source(cfg: AudioConfig) -> "AudioSource":
-    """Build (not yet open) the capture side named by ``cfg``; use it with ``async with``."""
-    from hw.audio.factory import make_source
-
-    return make_source(cfg)
-
-
-def open_audio_sink(cfg: AudioConfig) -> "AudioSink":
-    """Build (not yet open) the playback side named by ``cfg``; use it with ``async with``."""
-    from hw.audio.factory import make_sink
-
-    return make_sink(cfg)
-
-
-def open_button(cfg: GpioConfig) -> "Button":
-    """Build (not yet open) the push-to-talk button named by ``cfg``; use it with ``async with``."""
-    from hw.gpio.factory import make_button
-
-    return make_button(cfg)
-
-
-def open_led(cfg: GpioConfig) -> "Led":
-    """Build (not yet open) the status LED named by ``cfg``; use it with ``async with``."""
-    from hw.gpio.factory import make_led
-
-    return make_led(cfg)

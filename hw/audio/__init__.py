@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from hw.audio.base import AudioFormat, AudioFrame, AudioSink, AudioSource, AudioStats, monotonic_us
 from hw.audio.errors import AudioDeviceError, DeviceClosedError, DeviceNotFoundError, FormatNotSupportedError
+from hw.audio.factory import audio_format, open_audio_sink, open_audio_source
 from hw.audio.fake import NullSink, SilenceSource, ToneSource, WavSink, WavSource, XrunInjector
 
 if TYPE_CHECKING:
@@ -20,6 +21,7 @@ __all__ = [
     "AudioDeviceError", "DeviceClosedError", "DeviceNotFoundError", "FormatNotSupportedError",
     "AlsaCapture", "AlsaPlayback",
     "ToneSource", "WavSource", "SilenceSource", "WavSink", "NullSink", "XrunInjector",
+    "audio_format", "open_audio_source", "open_audio_sink",
 ]
 
 

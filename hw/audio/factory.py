@@ -1,29 +1,30 @@
-"""Build audio devices from ``hw.config.AudioConfig`` (used by ``hw.config.open_audio_*``)."""
+"""Build the audio devices an ``hw.config.AudioConfig`` names (the models know nothing of this).
+
+The ALSA classes are imported only when the config asks for them, so the fake backend works
+without pyalsaaudio installed.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from hw.audio.base import AudioFormat, AudioSink, AudioSource
 from hw.audio.fake import NullSink, SilenceSource, ToneSource, WavSink, WavSource, XrunInjector
+from hw.config import AudioConfig
 
-if TYPE_CHECKING:
-    from hw.config import AudioConfig
-
-__all__ = ["audio_format", "make_source", "make_sink"]
+__all__ = ["audio_format", "open_audio_source", "open_audio_sink"]
 
 
-def audio_format(cfg: "AudioConfig") -> AudioFormat:
+def audio_format(cfg: AudioConfig) -> AudioFormat:
     """The frame format a config asks for."""
     return AudioFormat(rate=cfg.rate, channels=cfg.channels, frame_ms=cfg.frame_ms)
 
 
-def _injector(cfg: "AudioConfig") -> XrunInjector:
+def _injector(cfg: AudioConfig) -> XrunInjector:
     x = cfg.xrun_injection
     return XrunInjector(at_frames=x.at_frames, rate=x.rate, seed=x.seed)
 
 
-def make_source(cfg: "AudioConfig") -> AudioSource:
+def open_audio_source(cfg: AudioConfig) -> AudioSource:
+    """Build (not yet open) the capture side named by ``cfg``; use it with ``async with``."""
     fmt = audio_format(cfg)
     if cfg.backend == "alsa":
         from hw.audio.alsa import AlsaCapture
@@ -40,7 +41,8 @@ def make_source(cfg: "AudioConfig") -> AudioSource:
     return SilenceSource(fmt, buffer_frames=cfg.periods, xruns=_injector(cfg))
 
 
-def make_sink(cfg: "AudioConfig") -> AudioSink:
+def open_audio_sink(cfg: AudioConfig) -> AudioSink:
+    """Build (not yet open) the playback side named by ``cfg``; use it with ``async with``."""
     fmt = audio_format(cfg)
     if cfg.backend == "alsa":
         from hw.audio.alsa import AlsaPlayback

@@ -1,19 +1,19 @@
-"""Build GPIO devices from ``hw.config.GpioConfig`` (used by ``hw.config.open_button/led``)."""
+"""Build the button and LED an ``hw.config.GpioConfig`` names (the models know nothing of this).
+
+``RPi.GPIO`` is imported only when a ``rpi`` device is opened, so the fakes work anywhere.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from hw.config import GpioConfig
 from hw.gpio.base import Button, Led
 from hw.gpio.fake import FakeButton, FakeLed
 
-if TYPE_CHECKING:
-    from hw.config import GpioConfig
-
-__all__ = ["make_button", "make_led"]
+__all__ = ["open_button", "open_led"]
 
 
-def make_button(cfg: "GpioConfig") -> Button:
+def open_button(cfg: GpioConfig) -> Button:
+    """Build (not yet open) the push-to-talk button named by ``cfg``; use it with ``async with``."""
     if cfg.backend == "rpi":
         from hw.gpio.rpi import RpiButton
 
@@ -24,7 +24,8 @@ def make_button(cfg: "GpioConfig") -> Button:
                       bounce_s=cfg.fake_bounce_ms / 1000)
 
 
-def make_led(cfg: "GpioConfig") -> Led:
+def open_led(cfg: GpioConfig) -> Led:
+    """Build (not yet open) the status LED named by ``cfg``; use it with ``async with``."""
     if cfg.backend == "rpi":
         from hw.gpio.rpi import RpiLed
 

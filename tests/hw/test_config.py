@@ -11,9 +11,10 @@ import pytest
 import trio
 from pydantic import BaseModel, ValidationError
 
-from hw.audio import AudioSink, AudioSource, NullSink, SilenceSource, ToneSource, WavSink, WavSource
-from hw.config import AudioConfig, GpioConfig, open_audio_sink, open_audio_source, open_button, open_led
-from hw.gpio import Button, FakeButton, FakeLed, GpioUnavailableError, Led
+from hw.audio import (AudioSink, AudioSource, NullSink, SilenceSource, ToneSource, WavSink, WavSource,
+                      open_audio_sink, open_audio_source)
+from hw.config import AudioConfig, GpioConfig
+from hw.gpio import Button, FakeButton, FakeLed, GpioUnavailableError, Led, open_button, open_led
 
 
 def field_of(err: ValidationError) -> list[tuple[Any, ...]]:
@@ -72,6 +73,18 @@ def test_embeds_in_an_agent_config() -> None:
     with pytest.raises(ValidationError) as ei:
         AgentLike.model_validate({"audio": {"rate": "fast"}})
     assert ("audio", "rate") in field_of(ei.value)
+
+
+def test_config_module_is_models_only() -> None:
+    """hw.config imports no device or factory module (the factories import the models, never
+    the reverse): checked in a fresh interpreter, where nothing else has imported them yet."""
+    import subprocess
+
+    code = ("import sys, hw.config as c; "
+            "print(sorted(m for m in sys.modules if m.startswith('hw'))); "
+            "print(sorted(n for n in dir(c) if n.startswith('open_')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["['hw', 'hw.config']", "[]"]
 
 
 def test_factories_build_fakes(tmp_path: Path) -> None:
