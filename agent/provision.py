@@ -31,11 +31,13 @@ import shutil
 import sys
 import tempfile
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.config import EX_CONFIG, ConfigError, load_config, to_toml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from agent.config import EX_CONFIG, ConfigError, TalkConfig, load_config, to_toml
+from hw.config import AudioConfig, GpioConfig
 
 __all__ = ["NodeSpec", "ProvisionError", "provision_card", "provision_fleet", "copy_card",
            "add_boot_hook", "main"]
@@ -48,26 +50,54 @@ PAYLOAD = ["pyproject.toml", "README.md", "agent", "hw", "config/agent.toml",
            "systemd/avi-agent.service", "systemd/avi-agent-firstboot.service",
            "scripts/install.sh", "scripts/firstboot.sh"]
 HOOK_PARAMS = "systemd.run_success_action=reboot systemd.unit=kernel-command-line.target"
-EX_USAGE = 64
 
 
 class ProvisionError(Exception):
-    """A problem with the inputs or the target; the message says what to do."""
+    """A problem with the inputs or the target; the message says what to do. ``exit_code`` is
+    what ``provision`` exits with: :data:`EX_CONFIG` (78) for node settings the agent would
+    refuse, 1 for everything else."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
-@dataclass
-class NodeSpec:
-    """One node's settings, as given on the command line or in a fleet file."""
+def _default(model: type[BaseModel], name: str) -> Any:
+    """The agent's own default for a setting, so provision never writes it a second time."""
+    return model.model_fields[name].get_default(call_default_factory=True)
+
+
+class NodeSpec(BaseModel):
+    """One node's settings, as given on the command line or in a fleet file.
+
+    Defaults are the agent's (pins and device from ``GpioConfig``/``AudioConfig``, groups from
+    ``TalkConfig``), except the backends (always real devices) and the listen port: a card's
+    node listens on :data:`DEFAULT_LISTEN_PORT` so others can bootstrap from it. The ranges are
+    checked where the agent checks them: :func:`render_config` loads the result as the agent will.
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
     name: str
-    groups: list[str] = field(default_factory=lambda: ["default"])
-    bootstrap: list[str] = field(default_factory=list)
-    audio_device: str = "default"
-    button_pin: int = 17
-    led_pin: int = 27
+    groups: list[str] = Field(default_factory=lambda: list(_default(TalkConfig, "groups")))
+    bootstrap: list[str] = Field(default_factory=list)
+    audio_device: str = _default(AudioConfig, "capture_device")
+    button_pin: int = _default(GpioConfig, "button_pin")
+    led_pin: int = _default(GpioConfig, "led_pin")
     identity: str | None = None  # None, "new" or a key file
     listen_port: int = DEFAULT_LISTEN_PORT
     address: str | None = None  # only for fleet bootstrap-by-name
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_group(cls, data: Any) -> Any:
+        """``group = "x"`` (a fleet file's short form) is ``groups = ["x"]``."""
+        if isinstance(data, dict) and "group" in data:
+            if "groups" in data:
+                raise ValueError("give group or groups, not both")
+            data = {**data, "groups": [data["group"]]}
+            del data["group"]
+        return data
 
     def config_data(self) -> dict[str, Any]:
         """The node's agent.toml as plain data: only what differs per node is written, so the
@@ -100,7 +130,7 @@ def render_config(spec: NodeSpec) -> str:
             load_config(path, env={})
         except ConfigError as exc:
             lines = [p.replace(str(path), f"node {spec.name!r}") for p in exc.problems]
-            raise ProvisionError("invalid node settings:\n  " + "\n  ".join(lines)) from None
+            raise ProvisionError("invalid node settings:\n  " + "\n  ".join(lines), EX_CONFIG) from None
     return text
 
 
@@ -246,30 +276,35 @@ def copy_card(prepared: Path, boot: Path, boot_mount: str = DEFAULT_BOOT_MOUNT) 
 
 # ---- fleet files --------------------------------------------------------------------------------
 
-_SPEC_KEYS = {"name", "group", "groups", "bootstrap", "audio_device", "button_pin", "led_pin",
-              "identity", "listen_port", "address"}
-
-
 def _spec_from(data: dict[str, Any], where: str, base: Path) -> NodeSpec:
-    unknown = set(data) - _SPEC_KEYS
-    if unknown:
-        raise ProvisionError(f"{where}: unknown keys {sorted(unknown)} (expected some of {sorted(_SPEC_KEYS)})")
-    if "name" not in data:
-        raise ProvisionError(f"{where}: every [[node]] needs a name")
-    groups = data.get("groups", [data["group"]] if "group" in data else ["default"])
-    ident = data.get("identity", "new")
-    if ident not in (None, "new", "none"):
-        ident = str((base / ident).resolve())
+    """A fleet file's node (its [defaults] already merged in); key files are relative to it."""
+    data = {"identity": "new", **data}
+    ident = data["identity"]
+    if isinstance(ident, str) and ident not in ("new", "none"):
+        data["identity"] = str((base / ident).resolve())
+    elif ident == "none":
+        data["identity"] = None
     try:
-        return NodeSpec(name=str(data["name"]), groups=list(groups),
-                        bootstrap=list(data.get("bootstrap", [])),
-                        audio_device=str(data.get("audio_device", "default")),
-                        button_pin=int(data.get("button_pin", 17)), led_pin=int(data.get("led_pin", 27)),
-                        identity=None if ident == "none" else ident,
-                        listen_port=int(data.get("listen_port", DEFAULT_LISTEN_PORT)),
-                        address=data.get("address"))
-    except (TypeError, ValueError) as exc:
-        raise ProvisionError(f"{where}: {exc}") from None
+        return NodeSpec.model_validate(data)
+    except ValidationError as exc:
+        raise ProvisionError(f"{where}: " + "; ".join(_problem(e) for e in exc.errors(include_url=False))) from None
+
+
+def _problem(err: Any) -> str:
+    field = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        return f"unknown key {field!r} (expected some of {sorted(['group', *NodeSpec.model_fields])})"
+    if err["type"] == "missing":
+        return f"every [[node]] needs a {field}"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{field}: {msg}" if field else msg
+
+
+def _merge(defaults: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    """A node's keys over the [defaults]; ``group`` and ``groups`` are one setting."""
+    if "group" in node or "groups" in node:
+        defaults = {k: v for k, v in defaults.items() if k not in ("group", "groups")}
+    return {**defaults, **node}
 
 
 def provision_fleet(fleet_file: Path, out: Path, *, wheel: Path | None = None,
@@ -287,7 +322,7 @@ def provision_fleet(fleet_file: Path, out: Path, *, wheel: Path | None = None,
     if extra or not nodes:
         raise ProvisionError(f"{fleet_file}: expected a [defaults] table and [[node]] entries"
                              + (f" (unknown: {sorted(extra)})" if extra else " (no [[node]] found)"))
-    specs = [_spec_from({**defaults, **n}, f"{fleet_file}: node {i + 1}", fleet_file.parent)
+    specs = [_spec_from(_merge(defaults, n), f"{fleet_file}: node {i + 1}", fleet_file.parent)
              for i, n in enumerate(nodes)]
     names = [s.name for s in specs]
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -315,9 +350,8 @@ def provision_fleet(fleet_file: Path, out: Path, *, wheel: Path | None = None,
                                      "an address = \"...\" and a pre-generated identity (identity = \"new\")")
             proto = "ip6" if ":" in other.address else "ip4"
             resolved.append(f"/{proto}/{other.address}/tcp/{other.listen_port}/p2p/{peers[b]}")
-        s.bootstrap = resolved
-        s.identity = None  # already in place
-        provision_card(out / s.name, s, wheel=wheel, boot_mount=boot_mount, hook=False)
+        placed = s.model_copy(update={"bootstrap": resolved, "identity": None})  # key already in place
+        provision_card(out / s.name, placed, wheel=wheel, boot_mount=boot_mount, hook=False)
         add_boot_hook(out / s.name, boot_mount)
     return peers
 
@@ -342,10 +376,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="talk group (repeat for more; the first is used at start)")
     p.add_argument("--bootstrap", nargs="*", default=[], metavar="ADDR",
                    help="bootstrap peers, multiaddrs with /p2p/<peer id>")
-    p.add_argument("--audio-device", default="default", help="ALSA device (see arecord -L), e.g. plughw:CARD=Device,DEV=0")
-    p.add_argument("--button-pin", type=int, default=17, help="PTT button, BCM numbering")
-    p.add_argument("--led-pin", type=int, default=27, help="status LED, BCM numbering")
-    p.add_argument("--listen-port", type=int, default=DEFAULT_LISTEN_PORT, help="TCP port of the mesh")
+    d = NodeSpec.model_fields
+    p.add_argument("--audio-device", help="ALSA device (see arecord -L), e.g. plughw:CARD=Device,DEV=0 "
+                                          f"(default {d['audio_device'].default!r})")
+    p.add_argument("--button-pin", type=int, help=f"PTT button, BCM numbering (default {d['button_pin'].default})")
+    p.add_argument("--led-pin", type=int, help=f"status LED, BCM numbering (default {d['led_pin'].default})")
+    p.add_argument("--listen-port", type=int, help=f"TCP port of the mesh (default {d['listen_port'].default})")
     p.add_argument("--identity", metavar="new|FILE",
                    help="pre-generate a key (new) or use an existing key file; default: the node makes its own")
     p.add_argument("--fleet", type=Path, help="fleet file: [defaults] and [[node]] tables")
@@ -380,15 +416,16 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not a.name:
             p.error("--name is required")
-        spec = NodeSpec(name=a.name, groups=a.groups or ["default"], bootstrap=a.bootstrap,
-                        audio_device=a.audio_device, button_pin=a.button_pin, led_pin=a.led_pin,
-                        identity=a.identity, listen_port=a.listen_port)
+        given = dict(name=a.name, groups=a.groups, bootstrap=a.bootstrap, audio_device=a.audio_device,
+                     button_pin=a.button_pin, led_pin=a.led_pin, identity=a.identity,
+                     listen_port=a.listen_port)
+        spec = NodeSpec(**{k: v for k, v in given.items() if v is not None})
         peer = provision_card(a.boot, spec, wheel=a.wheel, boot_mount=a.boot_mount)
         print(f"{spec.name}\t{peer or '(made on first start)'}\t{a.boot}")
         return 0
     except ProvisionError as exc:
         print(f"provision: error: {exc}", file=sys.stderr)
-        return EX_CONFIG if "invalid node settings" in str(exc) else 1
+        return exc.exit_code
 
 
 if __name__ == "__main__":

@@ -161,6 +161,63 @@ def test_fleet_errors_name_the_node(tmp_path: Path) -> None:
     assert p.returncode == 1 and "node 'a': bootstrap 'nobody'" in p.stderr
 
 
+def test_node_spec_defaults_are_the_agents_and_unknown_keys_are_refused() -> None:
+    from pydantic import ValidationError
+
+    from agent.config import TalkConfig
+    from agent.provision import DEFAULT_LISTEN_PORT, NodeSpec
+    from hw.config import AudioConfig, GpioConfig
+
+    spec = NodeSpec(name="n")
+    assert (spec.button_pin, spec.led_pin) == (GpioConfig().button_pin, GpioConfig().led_pin)
+    assert spec.audio_device == AudioConfig().capture_device
+    assert spec.groups == TalkConfig().groups
+    assert spec.listen_port == DEFAULT_LISTEN_PORT == 4001
+    with pytest.raises(ValidationError, match="button_pn"):
+        NodeSpec(name="n", button_pn=5)
+    assert NodeSpec.model_validate({"name": "n", "group": "g"}).groups == ["g"]
+    with pytest.raises(ValidationError, match="group or groups, not both"):
+        NodeSpec.model_validate({"name": "n", "group": "g", "groups": ["h"]})
+
+
+def test_provision_error_carries_its_exit_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.config import EX_CONFIG
+    from agent.provision import ProvisionError, main
+
+    assert ProvisionError("x").exit_code == 1 and ProvisionError("x", EX_CONFIG).exit_code == 78
+    boot = boot_dir(tmp_path)
+    assert main([str(boot), "--name", "pi-x", "--button-pin", "6", "--led-pin", "6"]) == EX_CONFIG
+    assert main([str(boot), "--name", "pi-x", "--wheel", str(tmp_path / "none.whl")]) == 1
+    # The message alone no longer decides: a ProvisionError mentioning "invalid node settings"
+    # for another reason keeps exit status 1.
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text('[[node]]\nname = "invalid node settings"\nbootstrap = ["x"]\n')
+    assert main(["--fleet", str(fleet), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "led_pin" in err and "none.whl: no such file" in err
+
+
+def test_fleet_file_keys_are_checked_by_the_node_model(tmp_path: Path) -> None:
+    from agent.provision import ProvisionError, provision_fleet
+
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text('[defaults]\ngroup = "crew"\n\n[[node]]\nname = "a"\nled = 5\n')
+    with pytest.raises(ProvisionError, match=r"node 1: unknown key 'led' \(expected some of .*'led_pin'"):
+        provision_fleet(fleet, tmp_path / "o")
+    fleet.write_text('[[node]]\nbutton_pin = 5\n')
+    with pytest.raises(ProvisionError, match="node 1: every \\[\\[node\\]\\] needs a name"):
+        provision_fleet(fleet, tmp_path / "o")
+    fleet.write_text('[[node]]\nname = "a"\nbutton_pin = "five"\n')
+    with pytest.raises(ProvisionError, match="node 1: button_pin: Input should be a valid integer"):
+        provision_fleet(fleet, tmp_path / "o")
+    # a node's own groups replace the [defaults] group
+    fleet.write_text('[defaults]\ngroup = "crew"\n\n[[node]]\nname = "a"\ngroups = ["x", "y"]\n'
+                     'identity = "none"\n\n[[node]]\nname = "b"\nidentity = "none"\n')
+    provision_fleet(fleet, tmp_path / "o")
+    assert load_config(tmp_path / "o/a/avi/agent.toml", env={}).talk.groups == ["x", "y"]
+    assert load_config(tmp_path / "o/b/avi/agent.toml", env={}).talk.groups == ["crew"]
+
+
 def _firstboot(boot: Path, root: Path, *extra: str) -> list[str]:
     return ["bash", str(boot / "avi/src/scripts/firstboot.sh"), "--root", str(root), "--boot", str(boot), *extra]
 
