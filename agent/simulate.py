@@ -20,10 +20,11 @@ import wave
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import trio
 
-from agent.config import AgentConfig
+from agent.config import AgentConfig, to_toml
 from agent.mesh import new_identity, peer_id_of, write_identity
 
 STATUS_TOPIC = "avi/status"
@@ -73,45 +74,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _toml_value(v: object) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    raise TypeError(v)
-
-
 def node_config(node: SimNode, bootstrap: list[str]) -> str:
     """The node's agent.toml: fake hardware, its own listen address, status every second."""
-    tables: dict[str, dict[str, object]] = {
+    data: dict[str, Any] = {
         "node": {"name": node.name},
         "mesh": {"listen_host": node.host, "listen_port": node.port, "bootstrap_peers": bootstrap,
                  "enable_mdns": node.enable_mdns, "enable_kad": True,
                  "identity_path": str(node.dir / "identity.key")},
-        "audio": {"backend": "fake"},
-        "audio.fake_source": {"kind": "tone", "frequency_hz": node.tone_hz, "level": 0.5},
-        "audio.fake_sink": {"kind": "wav", "path": str(node.wav)},
-        "gpio": {"backend": "fake"},
+        "audio": {"backend": "fake",
+                  "fake_source": {"kind": "tone", "frequency_hz": node.tone_hz, "level": 0.5},
+                  "fake_sink": {"kind": "wav", "path": str(node.wav)}},
+        "gpio": {"backend": "fake",
+                 "fake_presses": [{"at_s": at_s, "duration_s": dur} for at_s, dur in node.presses]},
         "status": {"interval_s": 1.0, "stale_after_s": 5.0},
         "logging": {"level": "INFO", "journal": "never"},
     }
-    lines = ["# written by avi-agent simulate"]
-    for name, values in tables.items():
-        lines.append(f"\n[{name}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
-    for at_s, dur in node.presses:
-        lines.append("\n[[gpio.fake_presses]]")
-        lines.append(f"at_s = {at_s!r}\nduration_s = {dur!r}")
-    text = "\n".join(lines) + "\n"
-    # Fail here, with the file named, rather than in three agents at once.
-    import tomllib
-
-    AgentConfig.model_validate(tomllib.loads(text))
-    return text
+    # Fail here, with the node named, rather than in three agents at once.
+    AgentConfig.model_validate(data)
+    return "# written by avi-agent simulate\n\n" + to_toml(data)
 
 
 def prepare(out: Path, nodes: list[SimNode]) -> None:

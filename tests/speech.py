@@ -166,18 +166,6 @@ class RunResult:
     error: str | None = None
 
 
-def _toml(tables: dict[str, dict[str, object]], presses: list[tuple[float, float]]) -> str:
-    from agent.simulate import _toml_value
-
-    lines = []
-    for name, values in tables.items():
-        lines.append(f"\n[{name}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
-    for at_s, dur in presses:
-        lines.append(f"\n[[gpio.fake_presses]]\nat_s = {at_s!r}\nduration_s = {dur!r}")
-    return "\n".join(lines) + "\n"
-
-
 ETHERNET_HEADER = 14  # bytes per packet below IP, counted on the wire too
 ACCT_TABLE = "speech_acct"
 
@@ -250,9 +238,8 @@ def run_speech(rig: object, speech: Path, link: Link, workdir: Path, *, talk: di
     import subprocess
     import sys
     import time
-    import tomllib
 
-    from agent.config import AgentConfig
+    from agent.config import AgentConfig, to_toml
     from agent.mesh import new_identity, peer_id_of, write_identity
     from agent.simulate import SimNode, start, stop
 
@@ -284,20 +271,19 @@ def run_speech(rig: object, speech: Path, link: Link, workdir: Path, *, talk: di
                                jitter_ms=link.jitter_ms, seed=int(time.time()))
         target = f"/ip4/{relay.address[0]}/tcp/{relay.address[1]}/p2p/{a.peer_id}"
     for n, boot, src in ((a, [], {"kind": "wav", "path": str(mic)}), (b, [target], {"kind": "silence"})):
-        text = _toml({
+        data = {
             "node": {"name": n.name},
             "mesh": {"listen_host": n.host, "listen_port": n.port, "bootstrap_peers": boot,
                      "enable_mdns": False, "enable_kad": False, "identity_path": str(n.dir / "identity.key")},
-            "audio": {"backend": "fake"},
-            "audio.fake_source": src,
-            "audio.fake_sink": {"kind": "wav", "path": str(n.wav)},
-            "gpio": {"backend": "fake"},
+            "audio": {"backend": "fake", "fake_source": src, "fake_sink": {"kind": "wav", "path": str(n.wav)}},
+            "gpio": {"backend": "fake",
+                     "fake_presses": [{"at_s": at, "duration_s": dur} for at, dur in n.presses]},
             "talk": dict(talk or {}),
             "status": {"interval_s": 1.0, "stale_after_s": 5.0},
             "logging": {"level": "INFO", "journal": "never"},
-        }, n.presses)
-        AgentConfig.model_validate(tomllib.loads(text))
-        (n.dir / "agent.toml").write_text(text)
+        }
+        AgentConfig.model_validate(data)
+        (n.dir / "agent.toml").write_text(to_toml(data))
     watch_s = PRESS_AT_S + hold_s + TAIL_S
     monitor_out = workdir / "monitor.jsonl"
     monitor = None

@@ -22,7 +22,6 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,9 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.config import AgentConfig
+from agent.config import AgentConfig, to_toml
 from agent.mesh import new_identity, peer_id_of, read_identity, write_identity
-from agent.simulate import _toml_value as _toml
 
 from .rig import Rig
 
@@ -106,26 +104,23 @@ def analyse(path: Path) -> Heard:
 def node_config(node: Node, host_ip: str, press: tuple[float, float] | None,
                 extra: dict[str, dict[str, object]] | None = None) -> str:
     """Shipped defaults, except what must differ per node (and `extra`, for baselines)."""
-    tables: dict[str, dict[str, object]] = {
+    data: dict[str, dict[str, Any]] = {
         "node": {"name": node.name},
         "mesh": {"listen_host": host_ip, "identity_path": str(node.dir / "identity.key")},
-        "audio": {"backend": "fake"},
-        "audio.fake_source": {"kind": "tone", "frequency_hz": TONE_HZ},
-        "audio.fake_sink": {"kind": "wav", "path": str(node.wav)},
+        "audio": {"backend": "fake", "fake_source": {"kind": "tone", "frequency_hz": TONE_HZ},
+                  "fake_sink": {"kind": "wav", "path": str(node.wav)}},
         "gpio": {"backend": "fake"},
         "logging": {"journal": "never"},
     }
-    for section, values in (extra or {}).items():
-        tables.setdefault(section, {}).update(values)
-    lines = []
-    for name, values in tables.items():
-        lines.append(f"[{name}]")
-        lines += [f"{k} = {_toml(v)}" for k, v in values.items()]
+    for section, values in (extra or {}).items():  # "audio.fake_source" names a nested table
+        table = data
+        for part in section.split("."):
+            table = table.setdefault(part, {})
+        table.update(values)
     if press is not None:
-        lines += ["[[gpio.fake_presses]]", f"at_s = {press[0]!r}", f"duration_s = {press[1]!r}"]
-    text = "\n".join(lines) + "\n"
-    AgentConfig.model_validate(tomllib.loads(text))
-    return text
+        data["gpio"]["fake_presses"] = [{"at_s": press[0], "duration_s": press[1]}]
+    AgentConfig.model_validate(data)
+    return to_toml(data)
 
 
 def _cpu_s(pid: int) -> float:
