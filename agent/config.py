@@ -42,6 +42,7 @@ __all__ = [
     "parse_host_port",
     "AgentConfig",
     "load_config",
+    "local_only",
     "env_overrides",
     "render_toml",
     "to_toml",
@@ -226,6 +227,38 @@ class AgentConfig(BaseModel):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+
+def local_only(name: str = "avi-local", **sections: Mapping[str, Any]) -> dict[str, Any]:
+    """An agent.toml (as plain data, for :func:`to_toml` or ``AgentConfig.model_validate``) for an
+    agent that keeps to this machine: the mesh on 127.0.0.1 with mDNS and the DHT off
+    (:meth:`AviP2pConfig.local_only`), fake audio and GPIO, logs to stderr. ``sections`` are merged
+    over that, table by table (``mesh={"listen_port": 0}`` keeps the rest of [mesh]). Checked
+    here, so a mistake names the caller's setting rather than failing in a started agent."""
+    data: dict[str, Any] = {
+        "node": {"name": name},
+        "mesh": _local_mesh(),
+        "audio": {"backend": "fake"},
+        "gpio": {"backend": "fake"},
+        "logging": {"journal": "never"},
+    }
+    for section, values in sections.items():
+        data[section] = _merged(data.get(section, {}), values)
+    AgentConfig.model_validate(data)
+    return data
+
+
+def _local_mesh() -> dict[str, Any]:
+    """The [mesh] settings that :meth:`AviP2pConfig.local_only` sets (and only those)."""
+    local = AviP2pConfig.local_only()
+    return {k: getattr(local, k) for k in AviP2pConfig.model_fields if k in local.model_fields_set}
+
+
+def _merged(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merged(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

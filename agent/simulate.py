@@ -186,8 +186,7 @@ async def watch(nodes: list[SimNode], duration: float, live: bool) -> None:
     # py-libp2p installs its own stderr handler on import; our table owns the terminal.
     logging.getLogger("libp2p").setLevel(logging.CRITICAL)
     by_peer = {n.peer_id: n for n in nodes}
-    cfg = AviP2pConfig(node_name="simulate-monitor", listen_host="127.0.0.1", enable_mdns=False,
-                       enable_kad=False, bootstrap_peers=[nodes[0].addr])
+    cfg = AviP2pConfig.local_only(node_name="simulate-monitor", bootstrap_peers=[nodes[0].addr])
     started = time.monotonic()
     async with AviP2p.start(cfg) as (node, events):
         await node.handle().subscribe(STATUS_TOPIC)

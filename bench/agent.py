@@ -23,26 +23,11 @@ import threading
 import time
 from pathlib import Path
 
+from agent.config import local_only, to_toml
+
 ROOT = Path(__file__).resolve().parent.parent
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
-
-CONFIG = """
-[node]
-name = "{name}"
-[mesh]
-listen_host = "127.0.0.1"
-enable_mdns = false
-enable_kad = false
-[audio]
-backend = "fake"
-[gpio]
-backend = "fake"
-[status]
-interval_s = 5.0
-[logging]
-journal = "never"
-"""
 
 
 def cpu_seconds(pid: int) -> float:
@@ -57,7 +42,7 @@ def rss_mb(pid: int) -> float:
 def start_agent(tmp: Path, name: str, env_extra: dict[str, str]) -> tuple[subprocess.Popen[str], float, str]:
     """Start an agent; returns (process, seconds to READY=1, listen address)."""
     cfg = tmp / f"{name}.toml"
-    cfg.write_text(CONFIG.format(name=name))
+    cfg.write_text(to_toml(local_only(name, status={"interval_s": 5.0})))
     sock_path = tmp / f"{name}.sock"
     sock_path.unlink(missing_ok=True)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

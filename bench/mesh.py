@@ -300,7 +300,7 @@ async def bare_flat(seconds: float) -> tuple[float, float]:
 def mesh_config(**extra):  # type: ignore[no-untyped-def]
     from agent.mesh import AviP2pConfig
 
-    return AviP2pConfig(listen_host="127.0.0.1", enable_mdns=False, enable_kad=False, **extra)
+    return AviP2pConfig.local_only(**extra)
 
 
 class MeshRx:

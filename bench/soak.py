@@ -74,7 +74,7 @@ def sample() -> Sample:
 
 
 def cfg(**kw) -> AviP2pConfig:  # type: ignore[no-untyped-def]
-    return AviP2pConfig(listen_host="127.0.0.1", enable_mdns=False, enable_kad=False, **kw)
+    return AviP2pConfig.local_only(**kw)
 
 
 async def run_soak(duration: float, warmup: float = 5.0, churn_every: float = 8.0,

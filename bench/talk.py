@@ -50,7 +50,7 @@ async def child(name: str, freq: float) -> None:
 
     logging.getLogger("libp2p").setLevel(logging.CRITICAL)
     cfg = AgentConfig(node={"name": name})
-    mesh = AviP2pConfig(node_name=name, listen_host="127.0.0.1", enable_mdns=False, enable_kad=False)
+    mesh = AviP2pConfig.local_only(node_name=name)
     async with AviP2p.start(mesh) as (node, events), ToneSource(frequency_hz=freq) as source, \
             NullSink() as sink, FakeButton() as button, FakeLed("idle") as led:
         handle = node.handle()

@@ -46,6 +46,10 @@ RENAMED_FIELDS: dict[str, str] = {
 }
 
 
+# What keeps a node to this machine (AviP2pConfig.local_only).
+LOCAL_ONLY: dict[str, Any] = {"listen_host": "127.0.0.1", "enable_mdns": False, "enable_kad": False}
+
+
 class AviP2pConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -137,6 +141,13 @@ class AviP2pConfig(BaseModel):
                              + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
                              + "; one bad entry would cut this node off from that peer")
         return v
+
+    @classmethod
+    def local_only(cls, **fields: Any) -> AviP2pConfig:
+        """A node that keeps to this machine: listening on 127.0.0.1, mDNS and the DHT off (so it
+        neither finds nor is found by other nodes here); ``fields`` set anything else. For tests,
+        benches and tools; other nodes on 127.0.0.1 are reached by dialling or bootstrap_peers."""
+        return cls(**{**LOCAL_ONLY, **fields})
 
     @property
     def dial_target(self) -> int:

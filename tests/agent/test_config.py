@@ -427,3 +427,30 @@ def test_new_names_load_without_a_warning(tmp_path: Path, caplog: pytest.LogCapt
         cfg = load_config(p, {})
     assert cfg.mesh.request_timeout_s == 3.0
     assert not [r for r in caplog.records if "deprecated" in r.getMessage()]
+
+
+# --- local_only: the one loopback config of tests, benches and tools ---------------------------
+
+def test_local_only_is_loopback_fake_devices_and_merges_tables(tmp_path: Path) -> None:
+    from agent.config import local_only
+
+    data = local_only("pi-a", mesh={"listen_port": 5000}, audio={"fake_sink": {"kind": "null"}},
+                      talk={"groups": ["g"]})
+    cfg = load_config(write(tmp_path, to_toml(data)), {})
+    assert (cfg.node.name, cfg.mesh.listen_host, cfg.mesh.listen_port) == ("pi-a", "127.0.0.1", 5000)
+    assert (cfg.mesh.enable_mdns, cfg.mesh.enable_kad) == (False, False)
+    assert (cfg.audio.backend, cfg.gpio.backend, cfg.logging.journal) == ("fake", "fake", "never")
+    assert cfg.talk.groups == ["g"] and cfg.status == AgentConfig().status
+    # nested tables merge key by key; the caller's value wins
+    deep = local_only(audio={"fake_source": {"kind": "silence"}}, mesh={"enable_kad": True})
+    assert deep["audio"] == {"backend": "fake", "fake_source": {"kind": "silence"}}
+    assert deep["mesh"]["enable_kad"] is True and deep["mesh"]["enable_mdns"] is False
+
+
+def test_local_only_checks_what_it_is_given() -> None:
+    from pydantic import ValidationError
+
+    from agent.config import local_only
+
+    with pytest.raises(ValidationError, match="intervall_s"):
+        local_only(status={"intervall_s": 1.0})

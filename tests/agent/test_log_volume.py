@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent.test_service import BASE_TOML, AgentProc
+from agent.config import local_only, to_toml
+from tests.agent.test_service import AgentProc
 
 pytestmark = pytest.mark.slow
 
@@ -33,13 +34,12 @@ def free_port() -> int:
 
 def config(path: Path, name: str, group: str, *, bootstrap: list[str] = (), port: int = 0,
            key: Path | None = None) -> Path:
-    toml = BASE_TOML.format(name=name, interval=2.0, stale=10.0, level="INFO")
     # as shipped: Kademlia on, status every 5 s would also do; mDNS off (other engineers' agents)
-    toml = toml.replace("enable_kad = false", "enable_kad = true")
-    toml = toml.replace('listen_host = "127.0.0.1"', f'listen_host = "127.0.0.1"\nlisten_port = {port}\n'
-                        f"bootstrap_peers = {list(bootstrap)!r}".replace("'", '"')
-                        + (f'\nidentity_path = "{key}"' if key else ""))
-    path.write_text(toml + f'\n[talk]\ngroups = ["{group}"]\n')
+    mesh = {"enable_kad": True, "listen_port": port, "bootstrap_peers": list(bootstrap)}
+    if key:
+        mesh["identity_path"] = str(key)
+    path.write_text(to_toml(local_only(name, mesh=mesh, status={"interval_s": 2.0, "stale_after_s": 10.0},
+                                       logging={"level": "INFO"}, talk={"groups": [group]})))
     return path
 
 

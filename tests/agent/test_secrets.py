@@ -73,8 +73,7 @@ async def test_identity_key_is_never_logged_nor_published(tmp_path: Path) -> Non
         addr = await trio.to_thread.run_sync(agent.address)
         assert addr.endswith(f"/p2p/{peer}")
         status_msgs: list[bytes] = []
-        async with AviP2p.start(AviP2pConfig(listen_host="127.0.0.1", enable_mdns=False,
-                                             enable_kad=False)) as (node, events):
+        async with AviP2p.start(AviP2pConfig.local_only()) as (node, events):
             h = node.handle()
             await h.subscribe("avi/status")
             await h.dial(addr)

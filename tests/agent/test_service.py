@@ -48,29 +48,14 @@ STOP_BOUND_S = _unit_stop_timeout()
 READY_TIMEOUT_S = 60.0
 SEEN_TIMEOUT_S = 15.0
 
-BASE_TOML = """
-[node]
-name = "{name}"
-[mesh]
-listen_host = "127.0.0.1"
-enable_mdns = false
-enable_kad = false
-[audio]
-backend = "fake"
-[gpio]
-backend = "fake"
-[status]
-interval_s = {interval}
-stale_after_s = {stale}
-[logging]
-level = "{level}"
-journal = "never"
-"""
-
 
 def write_config(path: Path, name: str = "pi-a", *, interval: float = 1.0, stale: float = 3.0,
                  level: str = "INFO", extra: str = "") -> Path:
-    path.write_text(BASE_TOML.format(name=name, interval=interval, stale=stale, level=level) + extra)
+    """A local-only agent (loopback, no discovery, fake devices); ``extra`` is TOML appended."""
+    from agent.config import local_only, to_toml
+
+    data = local_only(name, status={"interval_s": interval, "stale_after_s": stale}, logging={"level": level})
+    path.write_text(to_toml(data) + extra)
     return path
 
 

@@ -187,7 +187,7 @@ async def test_agent_counts_and_ignores_malformed_status(tmp_path: Path) -> None
     agent = AgentProc(["run", "--config", str(write_config(tmp_path / "a.toml", interval=1.0, stale=3.0))])
     try:
         addr = await trio.to_thread.run_sync(agent.address)
-        cfg = AviP2pConfig(listen_host="127.0.0.1", enable_mdns=False, enable_kad=False)
+        cfg = AviP2pConfig.local_only()
         async with AviP2p.start(cfg) as (node, events):
             h = node.handle()
             me = h.local_peer_id

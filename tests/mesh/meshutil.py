@@ -10,11 +10,8 @@ import trio
 
 from agent.mesh import AviP2p, AviP2pConfig, AviP2pHandle, Event
 
-LOCAL = dict(listen_host="127.0.0.1", enable_mdns=False, enable_kad=False)
-
-
 def cfg(**overrides: Any) -> AviP2pConfig:
-    return AviP2pConfig(**{**LOCAL, **overrides})
+    return AviP2pConfig.local_only(**overrides)
 
 
 class Node:

@@ -139,8 +139,7 @@ async def wait_stdin_closed() -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
-    cfg = AviP2pConfig(listen_host="127.0.0.1", enable_mdns=False, enable_kad=False,
-                       identity_path=Path(args.identity) if args.identity else None)
+    cfg = AviP2pConfig.local_only(identity_path=Path(args.identity) if args.identity else None)
     async with AviP2p.start(cfg) as (node, events):
         h = node.handle()
         say(h.listen_addresses()[0])

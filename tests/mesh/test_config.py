@@ -50,3 +50,14 @@ def test_old_names_are_range_checked_like_the_new_ones() -> None:
 def test_liveness_defaults_are_the_protocols() -> None:
     cfg = AviP2pConfig()
     assert (cfg.keepalive_interval_s, cfg.stream_timeout_s) == (KEEPALIVE_INTERVAL, STREAM_TIMEOUT)
+
+
+def test_local_only_keeps_to_this_machine_and_takes_overrides() -> None:
+    cfg = AviP2pConfig.local_only()
+    assert (cfg.listen_host, cfg.enable_mdns, cfg.enable_kad) == ("127.0.0.1", False, False)
+    assert cfg.model_dump(exclude={"listen_host", "enable_mdns", "enable_kad"}) == \
+        AviP2pConfig().model_dump(exclude={"listen_host", "enable_mdns", "enable_kad"})
+    kad = AviP2pConfig.local_only(enable_kad=True, node_name="x")
+    assert (kad.enable_kad, kad.node_name, kad.enable_mdns) == (True, "x", False)
+    with pytest.raises(ValidationError, match="max_peers"):
+        AviP2pConfig.local_only(max_peers=0)

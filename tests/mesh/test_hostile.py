@@ -376,7 +376,7 @@ import sys, trio
 from pathlib import Path
 from agent.mesh import AviP2p, AviP2pConfig, IdentityError
 async def main():
-    cfg = AviP2pConfig(enable_mdns=False, enable_kad=False, identity_path=Path(sys.argv[1]))
+    cfg = AviP2pConfig.local_only(identity_path=Path(sys.argv[1]))
     try:
         async with AviP2p.start(cfg):
             print("STARTED")

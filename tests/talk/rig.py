@@ -19,7 +19,6 @@ from agent.talk import Talk
 from hw.audio.fake import NullSink, ToneSource, WavSink
 from hw.gpio.fake import FakeButton, FakeLed
 
-LOCAL = dict(listen_host="127.0.0.1", enable_mdns=False, enable_kad=False)
 RATE = 16000
 FRAME = 320
 
@@ -55,7 +54,7 @@ async def agent(name: str, tmp: Path, *, freq: float = 440.0, groups: tuple[str,
                       talk={"groups": list(groups), "current_group": current, **talk})
     wav = tmp / f"{name}.wav" if record else None
     async with AsyncExitStack() as stack:
-        node, events = await stack.enter_async_context(AviP2p.start(AviP2pConfig(node_name=name, **LOCAL)))
+        node, events = await stack.enter_async_context(AviP2p.start(AviP2pConfig.local_only(node_name=name)))
         source = await stack.enter_async_context(ToneSource(frequency_hz=freq, level=0.5))
         sink = await stack.enter_async_context(WavSink(wav) if wav else NullSink())
         button = await stack.enter_async_context(FakeButton())

@@ -11,7 +11,7 @@ from agent.mesh import AviP2p, AviP2pConfig, AudioStreamClosed
 from agent.talk import TOPIC
 from agent.talk.groups import encode_announcement
 
-from .rig import LOCAL, agent, analyse, know_each_other, wait_until
+from .rig import agent, analyse, know_each_other, wait_until
 
 # Waits for a talk to END are hang guards (20 s): it ends within ~0.5 s of the release. Waits
 # for something during a 2 s talk stay short: past the talk they could never succeed.
@@ -116,7 +116,7 @@ async def test_streams_from_other_groups_or_unknown_peers_are_refused(tmp_path: 
     engine.PENDING_GRACE_S = 1.0
     try:
         async with agent("r", tmp_path, groups=("ops",), record=False) as r, \
-                AviP2p.start(AviP2pConfig(**LOCAL)) as (raw, raw_events):
+                AviP2p.start(AviP2pConfig.local_only()) as (raw, raw_events):
             seen: list[object] = []
 
             async def record() -> None:
