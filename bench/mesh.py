@@ -35,6 +35,8 @@ from pathlib import Path
 
 import trio
 
+from agent.mesh import now_us
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 FRAME = 640
@@ -47,10 +49,6 @@ GOAL_P50_MS = 1.5
 GOAL_P99_MS = 5.0
 GOAL_RSS_MB = 15.0
 GOAL_CPU_PCT = 2.0
-
-
-def now_us() -> int:
-    return time.monotonic_ns() // 1000
 
 
 # --- statistics -------------------------------------------------------------------------------

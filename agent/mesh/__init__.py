@@ -9,6 +9,7 @@ modules behind it are private.
 
 from typing import TYPE_CHECKING
 
+from .clock import now_us
 from .config import AviP2pConfig, is_peer_id
 from .errors import (AviP2pError, ConfigError, DialError, IdentityError, LimitError,
                      NotAllowedError, NotRunningError, ProtocolError, PubSubError,
@@ -46,6 +47,6 @@ __all__ = [
     "AudioStreamRequested", "AudioStreamAccepted", "AudioData", "AudioStreamClosed",
     "AviP2pError", "ConfigError", "IdentityError", "NotRunningError", "DialError",
     "UnknownPeerError", "UnknownStreamError", "LimitError", "NotAllowedError", "ProtocolError",
-    "StreamRejectedError", "TimeoutError", "PubSubError",
+    "StreamRejectedError", "TimeoutError", "PubSubError", "now_us",
     "new_identity", "read_identity", "write_identity", "load_or_create_identity", "peer_id_of", "is_peer_id",
 ]

@@ -8,7 +8,6 @@ a write timeout). Whichever ends first ends the other; `run()` returns the close
 from __future__ import annotations
 
 import logging
-import time
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
@@ -52,10 +51,6 @@ class _Closing(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-def now_us() -> int:
-    return time.monotonic_ns() // 1000
 
 
 class AudioSession:

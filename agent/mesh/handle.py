@@ -10,7 +10,7 @@ import multiaddr
 import trio
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
-from .audio_session import now_us
+from .clock import now_us
 from .errors import DialError, LimitError, PubSubError
 from .events import PeerId, StreamId
 

@@ -30,7 +30,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from agent.mesh import (AudioData, AudioStreamAccepted, AudioStreamClosed, AudioStreamRequested,
                         AviP2p, Message, compat)
 from agent.mesh import audio_protocol as ap
-from agent.mesh.audio_session import now_us
+from agent.mesh import now_us
 from agent.mesh.frames import PROTOCOL_ID
 from tests.mesh.meshutil import Node, cfg, until_connected
 

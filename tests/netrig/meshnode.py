@@ -37,15 +37,11 @@ from typing import Any
 
 import trio
 
-from agent.mesh import AudioData, AudioStreamRequested, AviP2p, AviP2pConfig, AviP2pError, Event
+from agent.mesh import AudioData, AudioStreamRequested, AviP2p, AviP2pConfig, AviP2pError, Event, now_us
 
 EXTRA_KEYS = ("auto_accept", "subscribe", "log_level")
 FRAME_S = 0.020
 OUT_BUFFER = 1024  # lines waiting for stdout; the event pump waits when it is full
-
-
-def now_us() -> int:
-    return time.monotonic_ns() // 1000
 
 
 def describe(ev: Event) -> dict[str, Any]:
