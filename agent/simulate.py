@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import time
-import wave
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 import trio
 
 from agent.config import AgentConfig, to_toml
+from agent.measure import analyse_tone, read_wav
 from agent.mesh import new_identity, peer_id_of, write_identity
 
 STATUS_TOPIC = "avi/status"
@@ -141,40 +141,16 @@ def stop(node: SimNode, timeout: float = 10.0) -> int | None:
 
 
 def wav_summary(path: Path) -> str:
-    """Duration, seconds with sound, and the dominant frequency of the loud parts."""
+    """Duration, seconds with sound, and the tones of the loud parts."""
     if not path.exists():
         return "no file (nothing played)"
-    with wave.open(str(path)) as w:
-        rate, n = w.getframerate(), w.getnframes()
-        data = w.readframes(n)
-    text = f"{n / rate:5.1f} s"
-    try:
-        import numpy as np
-    except ImportError:
-        return text
-    samples = np.frombuffer(data, dtype="<i2").astype(np.float64)
-    frame = rate // 50
-    loud = [samples[i:i + frame] for i in range(0, len(samples) - frame + 1, frame)
-            if np.sqrt(np.mean(samples[i:i + frame] ** 2)) > 500]
-    if not loud:
+    x, rate = read_wav(path)
+    text = f"{len(x) / rate:5.1f} s"
+    heard = analyse_tone(x, rate, spectrum_of="loud", k=4, guard_hz=30.0)
+    if not heard.loud_frames:
         return text + ", silence"
-    sound = np.concatenate(loud)
-    spectrum = np.abs(np.fft.rfft(sound * np.hanning(len(sound))))
-    freqs = np.fft.rfftfreq(len(sound), 1 / rate)
-    peaks = sorted({int(round(freqs[i] / 10) * 10) for i in np.argsort(spectrum)[-40:]
-                    if spectrum[i] > spectrum.max() * 0.3})
-    tones = _group(peaks)
-    return text + f", {len(loud) * 0.02:4.1f} s of sound, tones ~{', '.join(f'{t} Hz' for t in tones)}"
-
-
-def _group(freqs: list[int]) -> list[int]:
-    groups: list[list[int]] = []
-    for f in freqs:
-        if groups and f - groups[-1][-1] <= 30:
-            groups[-1].append(f)
-        else:
-            groups.append([f])
-    return [round(sum(g) / len(g)) for g in groups]
+    tones = sorted(int(round(f / 10) * 10) for f, m in heard.peaks if m > heard.peaks[0][1] * 0.3)
+    return text + f", {heard.sound_s:4.1f} s of sound, tones ~{', '.join(f'{t} Hz' for t in tones)}"
 
 
 async def watch(nodes: list[SimNode], duration: float, live: bool) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import struct
 import subprocess
@@ -35,6 +36,7 @@ from pathlib import Path
 
 import trio
 
+from agent.measure import percentile
 from agent.mesh import now_us
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -62,14 +64,10 @@ class Lat:
 
     @classmethod
     def of(cls, samples_us: list[int], expected: int | None = None) -> Lat:
-        s = sorted(samples_us)
-        if not s:
+        if not samples_us:
             return cls(0, float("nan"), float("nan"), float("nan"), expected or 0)
-
-        def pct(q: float) -> float:
-            return s[min(len(s) - 1, int(q * len(s)))] / 1000
-
-        return cls(len(s), pct(0.5), pct(0.99), s[-1] / 1000, max(0, (expected or 0) - len(s)))
+        p50, p99 = (percentile(samples_us, q, math.nan) / 1000 for q in (50, 99))
+        return cls(len(samples_us), p50, p99, max(samples_us) / 1000, max(0, (expected or 0) - len(samples_us)))
 
     def cells(self) -> str:
         lost = f"  lost {self.lost}" if self.lost else ""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 from pathlib import Path
@@ -35,6 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from agent.measure import percentile  # noqa: E402
 from tests.speech import RATE, make_speech_wav, read_wav, score, speech_tools_missing  # noqa: E402
 
 FRAME_US = 20_000
@@ -112,11 +114,6 @@ def replay(packets: list[tuple[int, bytes]], delays_ms: list[float], kwargs: dic
             {"concealed": st.concealed, "stretched_ms": st.stretched_ms, "late": st.late})
 
 
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(q / 100 * len(xs)))] if xs else float("nan")
-
-
 def fmt_range(xs: list[float], nd: int = 2) -> str:
     xs = [x for x in xs if x == x]
     if not xs:
@@ -189,9 +186,9 @@ def main() -> int:
                 stoi.append(sc.stoi)
                 conc.append(st["concealed"])
                 stretch.append(st["stretched_ms"])
-                p50.append(pct(lat, 50))
-                p95.append(pct(lat, 95))
-                p99.append(pct(lat, 99))
+                p50.append(percentile(lat, 50, math.nan))
+                p95.append(percentile(lat, 95, math.nan))
+                p99.append(percentile(lat, 99, math.nan))
             print(f"| {tr['loss']:g} % | {tr['setting']} | {name} | {len(starts)} | {fmt_range(pesq)} | "
                   f"{fmt_range(stoi, 3)} | {fmt_range(conc, 0)} | {fmt_range(stretch, 0)} | "
                   f"{median(p50):.0f} / {median(p95):.0f} / {median(p99):.0f} | {max(p95):.0f} |", flush=True)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import socket
 import struct
@@ -104,11 +105,6 @@ def sender(host: str, port: int, opts: list[str], seconds: float, period_ms: flo
     print(json.dumps({"sent": n, "applied": applied, "info": info}), flush=True)
 
 
-def pct(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(q / 100 * len(xs)))] if xs else float("nan")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--loss", type=float, action="append", help="percent, both directions (repeatable)")
@@ -130,6 +126,7 @@ def main() -> int:
         else:
             sender(host, int(port), opts, a.seconds, a.period_ms, a.size)
         return 0
+    from agent.measure import percentile
     from tests.netrig import Rig
     from tests.netrig.procs import read_line
 
@@ -179,8 +176,9 @@ def main() -> int:
                 late100 = sum(x > 100 for x in d) / max(1, len(d)) * 100
                 late200 = sum(x > 200 for x in d) / max(1, len(d)) * 100
                 applied = ",".join(sorted(set(sent["applied"] + got["applied"]))) or "-"
-                print(f"| {loss:g} % | {name} ({applied}) | {len(d)}/{sent['sent']} | {pct(d, 50):.1f} | "
-                      f"{pct(d, 95):.1f} | {pct(d, 99):.1f} | {max(d):.0f} | {late100:.1f} % | {late200:.1f} % | "
+                p50, p95, p99 = (percentile(d, q, math.nan) for q in (50, 95, 99))
+                print(f"| {loss:g} % | {name} ({applied}) | {len(d)}/{sent['sent']} | {p50:.1f} | "
+                      f"{p95:.1f} | {p99:.1f} | {max(d):.0f} | {late100:.1f} % | {late200:.1f} % | "
                       f"{info['data_segs_out'] / sent['sent']:.2f} | {info['dsack_dups'] / sent['sent']:.2f} |",
                       flush=True)
         for h in (tx, rx):

@@ -12,13 +12,11 @@ in this process (`simulate.watch`) collects every agent's status for the figures
 
 from __future__ import annotations
 
-import wave
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import trio
 
+from agent.measure import ToneAnalysis, analyse_wav
 from agent.simulate import SimNode, prepare, start, stop, watch
 
 # After the agent starts: mesh up, groups announced. That takes ~1.5-2.5 s idle (and with two
@@ -31,47 +29,12 @@ LOUD_RMS = 500.0  # a 20 ms frame louder than this holds sound (the tones are ~1
 SILENT_RMS = 30.0
 
 
-@dataclass
-class Heard:
-    """What one node played, from its WAV file."""
-
-    total_s: float
-    sound_s: float                  # 20 ms frames with sound
-    span: tuple[float, float]       # first..last frame with sound, seconds into the file
-    outside_rms: float              # loudest frame outside that span (one frame of margin)
-    peaks: list[tuple[float, float]]  # strongest spectral peaks in the span (Hz, magnitude)
-
-    def __str__(self) -> str:
-        peaks = ", ".join(f"{f:.1f} Hz" for f, _ in self.peaks[:3])
-        return (f"{self.total_s:.1f} s recorded, {self.sound_s:.2f} s of sound in "
-                f"{self.span[0]:.2f}-{self.span[1]:.2f} s, loudest frame outside {self.outside_rms:.1f} RMS, "
-                f"peaks {peaks}")
+Heard = ToneAnalysis  # what one node played, from its WAV file
 
 
 def analyse(path: Path) -> Heard:
     assert path.exists(), f"{path}: the agent played nothing"
-    with wave.open(str(path)) as w:
-        assert (w.getsampwidth(), w.getnchannels()) == (2, 1)
-        rate = w.getframerate()
-        x = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float64)
-    frame = rate // 50
-    n = len(x) // frame
-    rms = np.sqrt((x[: n * frame].reshape(n, frame) ** 2).mean(axis=1))
-    loud = np.flatnonzero(rms > LOUD_RMS)
-    if len(loud) == 0:
-        return Heard(len(x) / rate, 0.0, (0.0, 0.0), float(rms.max(initial=0.0)), [])
-    lo, hi = int(loud[0]), int(loud[-1]) + 1
-    outside = np.concatenate([rms[: max(0, lo - 1)], rms[hi + 1:]])
-    inside = x[lo * frame: hi * frame]
-    spectrum = np.abs(np.fft.rfft(inside * np.hanning(len(inside))))
-    freqs = np.fft.rfftfreq(len(inside), 1 / rate)
-    peaks: list[tuple[float, float]] = []
-    for i in np.argsort(spectrum)[::-1][:2000]:  # the strongest bins, at least 40 Hz apart
-        if all(abs(freqs[i] - f) > 40 for f, _ in peaks):
-            peaks.append((float(freqs[i]), float(spectrum[i])))
-            if len(peaks) == 3:
-                break
-    return Heard(len(x) / rate, len(loud) / 50, (lo / 50, hi / 50), float(outside.max(initial=0.0)), peaks)
+    return analyse_wav(path, threshold_rms=LOUD_RMS)
 
 
 def run_agents(out: Path, nodes: list[SimNode], watch_s: float) -> None:

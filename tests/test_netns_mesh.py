@@ -12,6 +12,7 @@ Every wait is bounded; every process is killed after its test (and by the rig's 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from agent.measure import percentile
 from tests.netrig import Host, Rig, read_line
 from tests.netrig.marks import skip_unless_netns
 
@@ -142,13 +144,6 @@ def wait_until(cond: Callable[[], bool], timeout: float, step: float = 0.1) -> f
     return None
 
 
-def pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
-
-
 def full_mesh(nodes: list[MeshProc]) -> bool:
     ids = {n.peer_id for n in nodes}
     return all(n.connected() >= ids - {n.peer_id} for n in nodes)
@@ -244,7 +239,7 @@ def latencies_ms(node: MeshProc, topic: str, senders: list[MeshProc], since: flo
 def fmt_ms(values: list[float]) -> str:
     if not values:
         return "n/a"
-    return (f"p50 {statistics.median(values):.1f} ms, p99 {pct(values, 99):.1f} ms, "
+    return (f"p50 {statistics.median(values):.1f} ms, p99 {percentile(values, 99, math.nan):.1f} ms, "
             f"max {max(values):.1f} ms (n={len(values)})")
 
 
@@ -421,7 +416,7 @@ def test_audio_stream_under_5_percent_loss_stays_up_in_order(rig4: Rig, fleet) -
     seqs, marks = [e["sequence"] for e in got], [e["mark"] for e in got]
     assert seqs == sorted(set(seqs)) and marks == sorted(marks), "frames out of order"
     assert sent - len(got) <= sent * 0.05, "more than 5% of the frames lost"
-    assert pct(lossy, 99) < 2000, "p99 latency under 5% loss above 2 s"
+    assert percentile(lossy, 99, math.nan) < 2000, "p99 latency under 5% loss above 2 s"
 
 
 # -- 5. link down mid-stream, and back ------------------------------------------------------

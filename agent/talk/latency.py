@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 
-import numpy as np
+from agent.measure import percentile
 
 __all__ = ["LatencyWindow"]
 
@@ -29,9 +29,8 @@ class LatencyWindow:
 
     def percentile_ms(self, q: float) -> float | None:
         """The q-th percentile (0-100) in ms of the window, None when empty."""
-        if not self._samples:
-            return None
-        return float(np.percentile(np.fromiter(self._samples, dtype=np.int64), q)) / 1000.0
+        p = percentile(self._samples, q)
+        return None if p is None else p / 1000.0
 
     def samples_ms(self) -> list[float]:
         return [s / 1000.0 for s in self._samples]

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from agent.measure import analyse_wav
 from tests.agent.test_service import AgentProc
 from . import arm64root as a64
 from .test_systemd_nspawn import Container
@@ -124,15 +125,8 @@ def heard_tone(path: Path) -> tuple[float, float | None]:
     """(seconds of sound, strongest frequency) in a WAV still being written (raw after the header)."""
     if not path.exists() or path.stat().st_size < 44 + 640:
         return 0.0, None
-    x = np.frombuffer(path.read_bytes()[44:][: (path.stat().st_size - 44) // 2 * 2], dtype="<i2").astype(float)
-    n = len(x) // 320
-    rms = np.sqrt((x[: n * 320].reshape(n, 320) ** 2).mean(axis=1))
-    loud = np.flatnonzero(rms > 500)
-    if len(loud) < 10:
-        return len(loud) / 50, None
-    sound = np.concatenate([x[i * 320:(i + 1) * 320] for i in loud])
-    spectrum = np.abs(np.fft.rfft(sound * np.hanning(len(sound))))
-    return len(loud) / 50, float(np.fft.rfftfreq(len(sound), 1 / RATE)[int(np.argmax(spectrum))])
+    tone = analyse_wav(path, growing=True, spectrum_of="loud")
+    return tone.sound_s, (tone.peak_hz if tone.loud_frames >= 10 else None)
 
 
 def container_config(host_addr: str, group: str) -> str:

@@ -30,6 +30,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from agent.mesh import (AudioData, AudioStreamAccepted, AudioStreamClosed, AudioStreamRequested,
                         AviP2p, Message, compat)
 from agent.mesh import audio_protocol as ap
+from agent.measure import percentile
 from agent.mesh import now_us
 from agent.mesh.frames import PROTOCOL_ID
 from tests.mesh.meshutil import Node, cfg, until_connected
@@ -246,11 +247,6 @@ async def test_topic_flood_is_cut_and_a_polite_peer_loses_nothing():
 
 FLOOD_FRAMES = 5000
 PACE = 0.02
-
-
-def percentile(values: list[float], p: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
 
 
 @asynccontextmanager

@@ -12,12 +12,12 @@ import subprocess
 import sys
 import threading
 import time
-import wave
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
+
+from agent.measure import read_wav, spectral_peaks
 
 ROOT = Path(__file__).resolve().parents[2]
 LISTEN = re.compile(r"^listening: (/ip4/127\.0\.0\.1/tcp/\d+/p2p/\w+)$")
@@ -128,12 +128,9 @@ def free_port() -> int:
 
 def dominant_hz(path: Path) -> tuple[float, float]:
     """(seconds of audio, strongest frequency) of a 16 kHz mono S16LE WAV file."""
-    with wave.open(str(path), "rb") as w:
-        assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (1, 2, 16000)
-        samples = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float64)
-    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
-    freqs = np.fft.rfftfreq(len(samples), 1 / 16000)
-    return len(samples) / 16000, float(freqs[int(np.argmax(spectrum))])
+    samples, rate = read_wav(path)
+    assert rate == 16000, f"{path}: {rate} Hz"
+    return len(samples) / rate, spectral_peaks(samples, rate, k=1)[0][0]
 
 
 def test_every_example_has_help():

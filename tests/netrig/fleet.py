@@ -22,15 +22,13 @@ import signal
 import subprocess
 import sys
 import time
-import wave
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
 from typing import Any
 
-import numpy as np
-
 from agent.config import AgentConfig, to_toml
+from agent.measure import analyse_wav
 from agent.mesh import new_identity, peer_id_of, read_identity, write_identity
 
 from .rig import Rig
@@ -84,21 +82,8 @@ def analyse(path: Path) -> Heard:
     """Seconds of sound and the dominant frequency in a node's speaker WAV."""
     if not path.exists():
         return Heard(0.0, None)
-    with wave.open(str(path)) as w:
-        rate = w.getframerate()
-        x = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float64)
-    frame = rate // 50
-    n = len(x) // frame
-    if n == 0:
-        return Heard(0.0, None)
-    rms = np.sqrt((x[: n * frame].reshape(n, frame) ** 2).mean(axis=1))
-    loud = np.flatnonzero(rms > LOUD_RMS)
-    if len(loud) == 0:
-        return Heard(0.0, None)
-    inside = np.concatenate([x[i * frame:(i + 1) * frame] for i in loud])
-    spectrum = np.abs(np.fft.rfft(inside * np.hanning(len(inside))))
-    freqs = np.fft.rfftfreq(len(inside), 1 / rate)
-    return Heard(len(loud) * FRAME_S, float(freqs[int(np.argmax(spectrum))]))
+    tone = analyse_wav(path, threshold_rms=LOUD_RMS, spectrum_of="loud")
+    return Heard(tone.sound_s, tone.peak_hz)
 
 
 def node_config(node: Node, host_ip: str, press: tuple[float, float] | None,
@@ -158,12 +143,6 @@ def _lines(path: Path) -> int:
             return sum(1 for _ in f)
     except OSError:
         return 0
-
-
-def _pct(values: list[float], p: float) -> float | None:
-    if not values:
-        return None
-    return float(np.percentile(values, p))
 
 
 @dataclass

@@ -3,24 +3,22 @@ and a dispatcher that forwards every mesh event to it (as agent/service.py does)
 
 from __future__ import annotations
 
-import wave
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import trio
 
 from agent.config import AgentConfig
+from agent.measure import ToneAnalysis, analyse_tone, read_wav
 from agent.mesh import AviP2p, AviP2pConfig, Event
 from agent.talk import Talk
 from hw.audio.fake import NullSink, ToneSource, WavSink
 from hw.gpio.fake import FakeButton, FakeLed
 
 RATE = 16000
-FRAME = 320
 
 
 @dataclass
@@ -96,49 +94,7 @@ async def know_each_other(*agents: Agent, timeout: float = 20.0) -> None:
 
 # --- WAV analysis -------------------------------------------------------------------------------
 
-def read_wav(path: Path) -> np.ndarray:
-    with wave.open(str(path), "rb") as w:
-        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (RATE, 1, 2)
-        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float64)
-
-
-@dataclass
-class Heard:
-    total_s: float
-    active_s: float        # frames with sound
-    span: tuple[float, float]  # first..last frame with sound (s from the start of the file)
-    outside_peak: float    # loudest sample outside that span
-    peaks_hz: list[float]  # the strongest spectral peaks inside the span, strongest first
-    peak_ratio: float      # second peak / first peak
-
-
-def analyse(path: Path, threshold_rms: float = 500.0) -> Heard:
-    x = read_wav(path)
-    n = len(x) // FRAME
-    frames = x[: n * FRAME].reshape(n, FRAME)
-    rms = np.sqrt((frames ** 2).mean(axis=1))
-    active = np.flatnonzero(rms > threshold_rms)
-    if len(active) == 0:
-        return Heard(len(x) / RATE, 0.0, (0.0, 0.0), float(np.abs(x).max(initial=0)), [], 0.0)
-    lo, hi = active[0], active[-1] + 1
-    inside = x[lo * FRAME: hi * FRAME]
-    outside = np.concatenate([x[: max(0, lo - 1) * FRAME], x[(hi + 1) * FRAME:]])
-    spec = np.abs(np.fft.rfft(inside * np.hanning(len(inside))))
-    freqs = np.fft.rfftfreq(len(inside), 1 / RATE)
-    peaks = _peaks(freqs, spec)
-    ratio = peaks[1][1] / peaks[0][1] if len(peaks) > 1 else 0.0
-    return Heard(len(x) / RATE, len(active) * FRAME / RATE, (lo * FRAME / RATE, hi * FRAME / RATE),
-                 float(np.abs(outside).max(initial=0)), [f for f, _ in peaks], ratio)
-
-
-def _peaks(freqs: np.ndarray, spec: np.ndarray, k: int = 3, guard_hz: float = 40.0) -> list[tuple[float, float]]:
-    """The k strongest peaks at least guard_hz apart."""
-    order = np.argsort(spec)[::-1]
-    out: list[tuple[float, float]] = []
-    for i in order:
-        f = float(freqs[i])
-        if all(abs(f - g) > guard_hz for g, _ in out):
-            out.append((f, float(spec[i])))
-            if len(out) == k:
-                break
-    return out
+def analyse(path: Path, threshold_rms: float = 500.0) -> ToneAnalysis:
+    x, rate = read_wav(path)
+    assert rate == RATE, f"{path}: {rate} Hz"
+    return analyse_tone(x, rate, threshold_rms=threshold_rms)

@@ -149,7 +149,7 @@ async def test_new_and_first_version_nodes_talk_both_ways_in_pcm(tmp_path: Path,
     assert codecs_heard(new.events) == {PCM_S16LE}
     for who, freq in ((old, 440), (new, 660)):
         h = analyse(who.wav)  # type: ignore[arg-type]
-        assert abs(h.peaks_hz[0] - freq) < 5 and h.active_s >= 0.8, h
+        assert abs(h.peaks_hz[0] - freq) < 5 and h.sound_s >= 0.8, h
 
 
 @needs_opus

@@ -65,7 +65,7 @@ async def test_idle_devices_stop_and_a_press_or_a_stream_starts_them(tmp_path: P
 
     heard = analyse(b.wav)  # type: ignore[arg-type]
     print("b heard", heard, sb)
-    assert 1.2 <= heard.active_s <= HOLD_S + 0.6, heard
+    assert 1.2 <= heard.sound_s <= HOLD_S + 0.6, heard
     assert abs(heard.peaks_hz[0] - 440) < 5
     assert heard.outside_peak == 0, "sound outside the talk"
     # The recording keeps time while the speaker is stopped: silence before and after the talk.

@@ -48,7 +48,7 @@ async def test_two_nodes_each_hears_the_other(tmp_path: Path) -> None:
     ha, hb = analyse(a.wav), analyse(b.wav)  # type: ignore[arg-type]
     print("a heard", ha, "\nb heard", hb)
     for heard, freq, sent, rx in ((hb, 440, sa, sb), (ha, 660, sb, sa)):
-        assert 1.6 <= heard.active_s <= 2.4, f"expected about 2 s of tone, got {heard.active_s:.2f} s"
+        assert 1.6 <= heard.sound_s <= 2.4, f"expected about 2 s of tone, got {heard.sound_s:.2f} s"
         assert heard.span[1] - heard.span[0] <= 2.6
         assert abs(heard.peaks_hz[0] - freq) < 5, f"dominant {heard.peaks_hz[0]:.1f} Hz, expected {freq}"
         assert heard.outside_peak == 0, "sound outside the talk"
@@ -81,7 +81,7 @@ async def test_three_nodes_two_talk_at_once_listener_hears_both(tmp_path: Path) 
     print(sc)
     hc, ha, hb = analyse(c.wav), analyse(a.wav), analyse(b.wav)  # type: ignore[arg-type]
     print("c heard", hc)
-    assert 1.6 <= hc.active_s <= 2.6
+    assert 1.6 <= hc.sound_s <= 2.6
     assert {round(f / 20) * 20 for f in hc.peaks_hz[:2]} == {440, 660}, hc.peaks_hz
     assert hc.peak_ratio > 0.3, "one talker is much quieter than the other"
     assert hc.outside_peak == 0
@@ -175,7 +175,7 @@ async def test_a_busy_receiver_refuses_without_stopping_the_other_streams(tmp_pa
                          "the talks to end")
         await trio.sleep(0.3)
     ha, hc = analyse(a.wav), analyse(c.wav)  # type: ignore[arg-type]
-    assert abs(ha.peaks_hz[0] - 660) < 5 and ha.active_s >= 0.9
+    assert abs(ha.peaks_hz[0] - 660) < 5 and ha.sound_s >= 0.9
     assert abs(hc.peaks_hz[0] - 440) < 5 and hc.peak_ratio < 0.05  # c never mixed in b
 
 
@@ -195,7 +195,7 @@ async def test_a_stuck_button_stops_transmitting_after_max_talk_s(tmp_path: Path
         await a.hold(0.5)  # a fresh press transmits again
         assert a.talk.stats().frames_sent > sent_once
     hb = analyse(b.wav)  # type: ignore[arg-type]
-    assert 1.1 <= hb.active_s <= 2.0, hb  # about 1 s, then about 0.5 s
+    assert 1.1 <= hb.sound_s <= 2.0, hb  # about 1 s, then about 0.5 s
 
 
 async def test_a_relay_tree_reaches_every_member_with_bounded_upload(tmp_path: Path) -> None:
@@ -235,5 +235,5 @@ async def test_a_relay_tree_reaches_every_member_with_bounded_upload(tmp_path: P
         # About 2 s. Six real-time agents share one process here: on a busy machine the playout
         # conceals and waits out stalls, which lengthens what is heard (2.76 s seen with two CPU
         # hogs), so the ceiling is 3 s; the tone must still be the talker's.
-        assert 1.5 <= heard.active_s <= 3.0, f"{x.name}: {heard}"
+        assert 1.5 <= heard.sound_s <= 3.0, f"{x.name}: {heard}"
         assert abs(heard.peaks_hz[0] - 440) < 5, f"{x.name}: {heard}"
