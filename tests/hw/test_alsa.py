@@ -20,6 +20,7 @@ from hw.audio import (
     DeviceNotFoundError,
     FormatNotSupportedError,
 )
+from tests.poll import wait_until
 
 alsaaudio = pytest.importorskip("alsaaudio")
 from hw.audio.alsa import AlsaCapture, AlsaPlayback  # noqa: E402
@@ -247,9 +248,8 @@ async def test_capture_device_vanishes_and_returns(alsa_conf, tmp_path: Path, ha
 
         async def replug() -> None:
             await trio.sleep(0.3)  # an outage of a few re-open attempts (every 0.05 s)
-            with trio.fail_after(10):  # the failing read runs on a worker thread: wait for it
-                while src.stats().state != "recovering":
-                    await trio.sleep(0.01)
+            # the failing read runs on a worker thread: wait for it
+            await wait_until(lambda: src.stats().state == "recovering", 10, "the source to recover", step=0.01)
             alsa_conf.file_pcm("mic", infile=infile)
 
         async with trio.open_nursery() as n:

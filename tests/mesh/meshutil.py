@@ -9,6 +9,7 @@ from typing import Any
 import trio
 
 from agent.mesh import AviP2p, AviP2pConfig, AviP2pHandle, Event
+from tests.poll import wait_until
 
 def cfg(**overrides: Any) -> AviP2pConfig:
     return AviP2pConfig.local_only(**overrides)
@@ -75,9 +76,7 @@ async def until_connected(n: Node, peer: str, timeout: float = 10.0) -> None:
     """Wait until `n` lists `peer` as connected. Each side admits a new connection on its own
     (admission protocol), so the dialler's `dial()` may return before the other side lists it,
     and a plain libp2p peer is listed once its admission question failed."""
-    with trio.fail_after(timeout):
-        while peer not in n.h.connected_peers():
-            await trio.sleep(0.02)
+    await wait_until(lambda: peer in n.h.connected_peers(), timeout, f"{peer} to be connected", step=0.02)
 
 
 async def until_meshed(ns: list[Node], topic: str, timeout: float = 30.0) -> None:

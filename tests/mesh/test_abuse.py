@@ -27,13 +27,14 @@ from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.pubsub import PUBSUB_SIGNING_PREFIX, Pubsub
 from libp2p.tools.anyio_service import background_trio_service
 
+from agent.measure import percentile
 from agent.mesh import (AudioData, AudioStreamAccepted, AudioStreamClosed, AudioStreamRequested,
                         AviP2p, Message, compat)
 from agent.mesh import audio_protocol as ap
-from agent.measure import percentile
 from agent.mesh import now_us
 from agent.mesh.frames import PROTOCOL_ID
 from tests.mesh.meshutil import Node, cfg, until_connected
+from tests.poll import wait_until
 
 TOPIC = "abuse"
 PCM = 640  # one 20 ms frame of 16 kHz mono s16le
@@ -141,9 +142,8 @@ async def raw_pubsub(target: Node, pubsub: Pubsub):
         await pubsub.wait_until_ready()
         await pubsub.host.connect(info_from_p2p_addr(multiaddr.Multiaddr(target.addr)))
         await pubsub.subscribe(TOPIC)
-        with trio.fail_after(10):
-            while ID.from_base58(target.peer_id) not in pubsub.peer_topics.get(TOPIC, set()):
-                await trio.sleep(0.05)
+        await wait_until(lambda: ID.from_base58(target.peer_id) in pubsub.peer_topics.get(TOPIC, set()), 10,
+                         "the target's subscription")
         yield pubsub
 
 

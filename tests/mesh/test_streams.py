@@ -8,6 +8,7 @@ import trio
 from agent.mesh import (AudioData, AudioStreamAccepted, AudioStreamClosed, AudioStreamRequested,
                         NotRunningError, ProtocolError, UnknownPeerError, UnknownStreamError)
 from tests.mesh.meshutil import chain, nodes
+from tests.poll import wait_until
 
 
 def requested(e):
@@ -145,9 +146,8 @@ async def test_slow_application_loses_audio_but_no_control_event():
                 await a.h.send_audio(sid, i.to_bytes(2, "big"))
                 await trio.sleep(0.001)
             # Until the node has read all 200 (a fixed sleep was too short on a busy machine).
-            with trio.fail_after(30):
-                while next(s for s in slow.stats().streams if s.stream_id == sid).frames_received < 200:
-                    await trio.sleep(0.05)
+            await wait_until(lambda: next(s for s in slow.stats().streams if s.stream_id == sid).frames_received
+                             >= 200, 30, "all 200 frames read")
             # 8 wait in the buffer and one in the hand of the task that feeds the channel.
             assert slow.stats().audio_frames_dropped >= 200 - 8 - 1
             await a.h.close_audio_stream(sid)

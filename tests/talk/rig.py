@@ -3,7 +3,7 @@ and a dispatcher that forwards every mesh event to it (as agent/service.py does)
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +15,7 @@ from agent.config import AgentConfig
 from agent.measure import ToneAnalysis, analyse_tone, read_wav
 from agent.mesh import AviP2p, AviP2pConfig, Event
 from agent.talk import Talk
+from tests.poll import wait_until
 from hw.audio.fake import NullSink, ToneSource, WavSink
 from hw.gpio.fake import FakeButton, FakeLed
 
@@ -73,14 +74,6 @@ async def agent(name: str, tmp: Path, *, freq: float = 440.0, groups: tuple[str,
             yield Agent(name, node, t, button, led, wav, seen)
         finally:
             nursery.cancel_scope.cancel()
-
-
-async def wait_until(pred: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    with trio.move_on_after(timeout):
-        while not pred():
-            await trio.sleep(0.05)
-        return
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 async def know_each_other(*agents: Agent, timeout: float = 20.0) -> None:

@@ -17,7 +17,9 @@ from agent.talk.engine import Talk
 from agent.talk.groups import encode_announcement, parse_announcement
 from hw.audio.base import AudioFormat
 
-from .rig import agent, analyse, know_each_other, wait_until
+from tests.poll import wait_until
+
+from .rig import agent, analyse, know_each_other
 
 FMT = AudioFormat()
 needs_opus = pytest.mark.skipif(not opus_available(), reason="libopus0 / opuslib-next not installed")

@@ -11,7 +11,9 @@ import trio
 
 from agent.talk.engine import IDLE_METER_S
 
-from .rig import Agent, agent, analyse, know_each_other, wait_until
+from tests.poll import wait_until
+
+from .rig import Agent, agent, analyse, know_each_other
 
 HOLD_S = 2.0
 

@@ -15,7 +15,9 @@ from agent.talk.engine import GROUP_LED_S, IDENTIFY_PATTERN, TAP_GAP_S, chime_fr
 from hw.audio import NullSink, ToneSource
 from hw.gpio import FakeButton, FakeLed, LedPattern, Press
 
-from .rig import agent, know_each_other, wait_until
+from tests.poll import wait_until
+
+from .rig import agent, know_each_other
 
 LONG_PRESS_S = 1.0  # gpio.long_press_s default, what FakeButton() uses
 

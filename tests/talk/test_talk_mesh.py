@@ -11,7 +11,9 @@ from agent.mesh import AviP2p, AviP2pConfig, AudioStreamClosed
 from agent.talk import TOPIC
 from agent.talk.groups import encode_announcement
 
-from .rig import agent, analyse, know_each_other, wait_until
+from tests.poll import wait_until
+
+from .rig import agent, analyse, know_each_other
 
 # Waits for a talk to END are hang guards (20 s): it ends within ~0.5 s of the release. Waits
 # for something during a 2 s talk stay short: past the talk they could never succeed.
