@@ -23,11 +23,11 @@ from typing import Any
 
 import trio
 
-from agent.config import AgentConfig, to_toml
+from agent.config import AgentConfig, StatusConfig, to_toml
 from agent.measure import analyse_tone, read_wav
 from agent.mesh import new_identity, peer_id_of, write_identity
 
-STATUS_TOPIC = "avi/status"
+STATUS_TOPIC = StatusConfig().topic  # the agents below keep the default
 
 
 @dataclass
