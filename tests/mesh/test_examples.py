@@ -226,9 +226,9 @@ def test_resilient_pubsub_survives_a_peer_killed_and_restarted(spawn, tmp_path):
     b.wait_for(r"recv A #\d+ from", count=3)
     a.wait_for(r"recv B #\d+ from", count=3)
 
+    mark = len(b.lines)  # before the kill: b may notice (and print) it before wait() returns here
     a.proc.kill()  # SIGKILL: no goodbye
     a.proc.wait(5)
-    mark = len(b.lines)
     b.wait_for(r"disconnected " + a_addr.rsplit("/", 1)[1], start=mark)
     b.wait_for(r"redialling", start=mark)
     sent_during = len(b.wait_for(r"sent #\d+ \(0 peers\)", start=mark, count=3))
