@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from agent import measure
+
 __all__ = ["HARVARD", "RATE", "make_speech_wav", "read_wav", "write_wav", "align", "score",
            "Score", "sound_span_s", "speech_tools_missing"]
 
@@ -52,10 +54,8 @@ def make_speech_wav(path: Path, text: str = HARVARD, *, lead_s: float = 0.3, tai
 
 
 def read_wav(path: Path) -> np.ndarray:
-    with wave.open(str(path)) as w:
-        if w.getsampwidth() != 2 or w.getnchannels() != 1:
-            raise ValueError(f"{path}: expected mono S16LE, got {w.getnchannels()} ch x {w.getsampwidth()} B")
-        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").copy()
+    """The samples of a mono S16LE WAV file as int16 (what PESQ and STOI take)."""
+    return measure.read_wav(path)[0].astype(np.int16)
 
 
 def write_wav(path: Path, x: np.ndarray, rate: int = RATE) -> None:
