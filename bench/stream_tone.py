@@ -23,7 +23,6 @@ import argparse
 import array
 import math
 import sys
-import time
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,9 +31,10 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository's agent, not bench/agent.py
 
+from agent.measure import percentile  # noqa: E402
 from agent.mesh import (AudioData, AudioStreamAccepted, AudioStreamClosed, AudioStreamRequested,  # noqa: E402
                         AviP2p, AviP2pError, AviP2pHandle, PeerConnected, PeerId, StreamId,
-                        UnknownStreamError)
+                        UnknownStreamError, now_us)
 from agent.mesh.examples._common import (base_parser, listen_line, main_wrapper, make_config,  # noqa: E402
                                          out, run_until_signalled, setup_logging, short, stamp)
 
@@ -45,10 +45,6 @@ FRAME_S = FRAME_MS / 1000
 MAX_LATENCY_SAMPLES = 100_000   # per stream: percentiles over the first ~33 minutes, max over all
 MAX_GAP_FILL = 50               # a gap longer than 1 s is not padded with silence in the WAV
 WAV_FLUSH_BYTES = 16_000        # write to disk in ~0.5 s batches, off the event loop
-
-
-def now_us() -> int:
-    return time.monotonic_ns() // 1000
 
 
 class Tone:
@@ -67,12 +63,6 @@ class Tone:
         if sys.byteorder == "big":
             samples.byteswap()
         return samples.tobytes()
-
-
-def percentile(sorted_values: list[int], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
 @dataclass
@@ -109,10 +99,10 @@ class Incoming:
             self.pending += ev.data
 
     def latency_text(self) -> str:
-        lat = sorted(self.latencies_us)
+        lat = self.latencies_us
         if not lat:
             return "latency n/a"
-        return (f"latency p50 {percentile(lat, 0.5) / 1000:.2f} ms p99 {percentile(lat, 0.99) / 1000:.2f} ms "
+        return (f"latency p50 {percentile(lat, 50) / 1000:.2f} ms p99 {percentile(lat, 99) / 1000:.2f} ms "
                 f"max {self.max_latency_us / 1000:.2f} ms")
 
     async def flush(self, final: bool = False) -> None:
