@@ -14,6 +14,7 @@ from agent.devices import DeviceSupervisor
 from agent.talk.engine import IDENTIFY_PATTERN
 from hw.audio.base import AudioSink, AudioSource
 from hw.gpio.base import Button, Led
+from tests.poll import wait_until
 
 # Hang guards, not speed checks: the fake devices open in milliseconds; a busy machine (2 cores,
 # several suites at once) was seen ~10x slower than idle.
@@ -87,8 +88,7 @@ async def test_a_missing_device_is_a_fault_retried_until_it_appears(tmp_path: Pa
         n.start_soon(sup.run)
         with trio.fail_after(HANG_S):
             await sup.tried()
-            while sup.led is None:
-                await trio.sleep(0.01)
+            await wait_until(lambda: sup.led is not None, HANG_S, "the LED", step=0.01)
         assert sup.devices is None and sup.audio is None
         [(area, text)] = rep.faults[:1]
         assert area == "audio" and text.startswith("no sound card (") and "mic.wav" in text

@@ -26,6 +26,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from tests.poll import wait_until
+
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 LISTEN_RE = re.compile(r"mesh listening: (\S+)")
@@ -343,10 +345,8 @@ async def test_missing_sound_card_shows_on_the_led_and_in_the_status_message(tmp
     service = Service(cfg, None, notifier=Notifier(env={}), env={})
     async with trio.open_nursery() as n:
         n.start_soon(service.run)
-        with trio.fail_after(20):
-            while not service.ready_sent or service.hw.led is None \
-                    or service.hw.led.pattern.name != "error":
-                await trio.sleep(0.05)
+        await wait_until(lambda: service.ready_sent and service.hw.led is not None
+                         and service.hw.led.pattern.name == "error", 20, "READY=1 with the error LED")
         assert service.devices is None and service.talk is None
         assert service.view.status_line().startswith("degraded: no sound card (")
         msg = service.status.build()
@@ -369,20 +369,15 @@ async def test_network_fault_shows_on_led_and_the_mesh_is_retried(tmp_path: Path
     service = Service(cfg, None, notifier=Notifier(env={}), env={})
     async with trio.open_nursery() as n:
         n.start_soon(service.run)
-        with trio.fail_after(20):
-            while "mesh" not in service.faults.active or service.devices is None \
-                    or service.devices.led.pattern.name != "error":
-                await trio.sleep(0.05)
+        await wait_until(lambda: "mesh" in service.faults.active and service.devices is not None
+                         and service.devices.led.pattern.name == "error", 20, "the mesh fault on the LED")
         assert "cannot listen on 127.0.0.1:%d" % port in service.faults.active["mesh"]
         assert "ERROR mesh: cannot listen" in service.view.status_line()
         assert not service.ready_sent
         blocker.close()
-        with trio.fail_after(30):
-            while not service.ready_sent or service.faults.active:
-                await trio.sleep(0.05)
-        with trio.fail_after(SEEN_TIMEOUT_S):  # hang guard: the LED follows at once
-            while service.devices.led.pattern.name != "idle":
-                await trio.sleep(0.05)
+        await wait_until(lambda: service.ready_sent and not service.faults.active, 30, "READY=1 and no fault")
+        # hang guard: the LED follows at once
+        await wait_until(lambda: service.devices.led.pattern.name == "idle", SEEN_TIMEOUT_S, "the idle LED")
         assert service.listen_addresses[0].startswith(f"/ip4/127.0.0.1/tcp/{port}/p2p/")
         assert service.faults.last_error is not None and "cannot listen" in service.faults.last_error
         service.stop()
@@ -450,9 +445,7 @@ async def _service_and_peer(tmp_path: Path, nursery: trio.Nursery, talk_class):
     cfg = load_config(write_config(tmp_path / "a.toml"), env={})
     service = Service(cfg, None, notifier=Notifier(env={}), env={}, talk_class=talk_class)
     nursery.start_soon(service.run)
-    with trio.fail_after(20):
-        while not service.ready_sent:
-            await trio.sleep(0.05)
+    await wait_until(lambda: service.ready_sent, 20, "READY=1")
     return service
 
 
@@ -476,9 +469,7 @@ async def test_talk_hook_gets_devices_and_audio_events(tmp_path: Path) -> None:
             await peer.wait_for(lambda e: isinstance(e, AudioStreamAccepted))
             for i in range(5):
                 await peer.h.send_audio(sid, bytes([i]) * 40)
-            with trio.fail_after(10):
-                while talk.received < 5:
-                    await trio.sleep(0.05)
+            await wait_until(lambda: talk.received >= 5, 10, "5 frames at the talk stand-in")
             kinds = {type(e) for e in talk.events}
             assert {PeerConnected, AudioStreamRequested, AudioData} <= kinds
             m = service.status.build()
@@ -487,9 +478,7 @@ async def test_talk_hook_gets_devices_and_audio_events(tmp_path: Path) -> None:
             # A talk failure is a fault, not the end of the service.
             talk.fail_on_data = True
             await peer.h.send_audio(sid, b"x" * 40)
-            with trio.fail_after(10):
-                while "talk" not in service.faults.active:
-                    await trio.sleep(0.05)
+            await wait_until(lambda: "talk" in service.faults.active, 10, "the talk fault")
             assert "decoder exploded" in service.faults.active["talk"]
             assert service.status.build().state == "degraded"
         service.stop()
