@@ -23,9 +23,10 @@ import threading
 import time
 from pathlib import Path
 
-from agent.config import local_only, to_toml
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the repository's agent package, not this file (bench/agent.py)
+
+from agent.config import local_only, to_toml  # noqa: E402
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 

@@ -36,10 +36,10 @@ from pathlib import Path
 
 import trio
 
-from agent.measure import percentile
-from agent.mesh import now_us
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from agent.measure import percentile  # noqa: E402
+from agent.mesh import now_us  # noqa: E402
 
 FRAME = 640
 FRAME_S = 0.020
