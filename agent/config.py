@@ -386,7 +386,8 @@ def _parse_env(env: Mapping[str, str]) -> tuple[dict[str, tuple[tuple[str, ...],
             renamed = getattr(model, "renamed_fields", {})
             if part not in fields and part in renamed:
                 warnings.warn(f"{var}: {'.'.join([*fpath, part])} is deprecated: it is now "
-                              f"{renamed[part]} (write {ENV_PREFIX}{ENV_SEPARATOR.join([*fpath, renamed[part]]).upper()})",
+                              f"{'.'.join([*fpath, renamed[part]])} "
+                              f"(write {ENV_PREFIX}{ENV_SEPARATOR.join([*fpath, renamed[part]]).upper()})",
                               DeprecationWarning, stacklevel=2)
                 part = renamed[part]
             if part not in fields:

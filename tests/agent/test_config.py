@@ -410,8 +410,8 @@ def test_old_mesh_time_name_in_env_is_accepted_with_a_warning(caplog: pytest.Log
     with caplog.at_level("WARNING", logger="agent.config"):
         cfg = load_config(None, {"AVI_MESH__STREAM_TIMEOUT": "6"})
     assert cfg.mesh.stream_timeout_s == 6.0
-    assert any(r.getMessage().startswith("AVI_MESH__STREAM_TIMEOUT: mesh.stream_timeout is deprecated")
-               and "AVI_MESH__STREAM_TIMEOUT_S" in r.getMessage() for r in caplog.records)
+    assert any(r.getMessage() == "AVI_MESH__STREAM_TIMEOUT: mesh.stream_timeout is deprecated: it is now "
+               "mesh.stream_timeout_s (write AVI_MESH__STREAM_TIMEOUT_S)" for r in caplog.records)
 
 
 def test_old_and_new_name_together_is_an_error(tmp_path: Path) -> None:
