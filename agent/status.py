@@ -40,7 +40,7 @@ MAX_ERROR_CHARS = 300
 FIRST_STATUS_LOGGED = 8  # "first status from" lines logged at INFO, the rest at DEBUG
 # Peers listed in a message we send (a sample; `peers` is the count). Readers accept up to
 # MAX_LISTED_PEERS: fewer keeps the message small, and every node receives every node's.
-LISTED_PEERS_SENT = 2
+LISTED_PEERS_SENT = 1
 # Publishing on change is coalesced: at most one message per this many seconds ...
 MIN_PUBLISH_GAP_S = 0.25
 # ... and per this fraction of the periodic interval (a fleet starting up changes every count).

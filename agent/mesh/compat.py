@@ -256,10 +256,10 @@ def gossip_router(*, heartbeat: float, rate_limit: int, all_on_loopback: bool) -
         pending_messages_ttl=PENDING_TTL_S,
         protocols=[GOSSIPSUB_PROTOCOL_ID],
         # Each node forwards a message to its mesh peers, so a node receives each message
-        # about `degree` times: 4 (not 6) keeps idle traffic down; 3..6 keeps the mesh connected.
-        degree=4,
-        degree_low=3,
-        degree_high=6,
+        # about `degree` times: 3 (not 6) keeps idle traffic down; 2..4 keeps the mesh connected.
+        degree=3,
+        degree_low=2,
+        degree_high=4,
         heartbeat_initial_delay=0.1,
         heartbeat_interval=heartbeat,  # typed int upstream, used as a float by trio.sleep
         max_messages_per_topic_per_second=float(rate_limit),
@@ -371,7 +371,7 @@ async def close_host(host: IHost) -> None:
 
 # A dead peer is noticed after IDLE + INTERVAL * COUNT seconds with no traffic, or USER_TIMEOUT
 # after data stops being acknowledged.
-TCP_KEEPIDLE_S = 2
+TCP_KEEPIDLE_S = 5
 TCP_KEEPINTVL_S = 1
 TCP_KEEPCNT = 3
 TCP_USER_TIMEOUT_MS = 5000

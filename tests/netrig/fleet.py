@@ -6,7 +6,8 @@ and one talker's scripted press differ from `config/agent.toml`.
 Time line (seconds after the last node starts; the talker is the last node started):
 
     0 .. CONVERGE_S          wait for every node's fleet view (its status says fleet = N-1)
-    IDLE_FROM .. IDLE_TO     idle window: CPU, RSS, bytes on the wire, log lines
+    .. PRESS_AT - 1          idle window, the last `idle_s` before the press (a settled fleet):
+                             CPU, RSS, bytes on the wire, log lines
     PRESS_AT .. +TALK_S      the talker holds its button (440 Hz tone)
     .. +TAIL_S               final status messages; then SIGTERM to every node at once
 
@@ -44,7 +45,7 @@ LOUD_RMS = 500.0
 class Schedule:
     start_gap_s: float = 1.0     # between node starts
     converge_s: float = 30.0     # longest wait for the full view (after the last start)
-    idle_s: float = 20.0         # idle window, starts once the view is full (or converge_s passed)
+    idle_s: float = 20.0         # idle window: the last idle_s s before the press (the view complete)
     talk_s: float = 5.0
     tail_s: float = 8.0          # after the release: a periodic status (5 s) carries the totals
     exit_timeout_s: float = 20.0
@@ -297,9 +298,14 @@ def run_fleet(n: int, out: Path, *, schedule: Schedule | None = None,
         log(f"N={n}: full view {'never' if full_at is None else f'after {full_at:.1f} s'}; "
             f"views now {sorted(views)}; {len(complete)} nodes have had a complete view")
 
-        # Idle window.
+        # Idle window: the last idle_s seconds before the press, once the view is complete (or
+        # converge_s has passed). A fleet that has just completed its view still has start-up
+        # traffic under way (retained hand-overs, on-change statuses, gossip): that is not idle.
+        idle_until = t_last + press_at - 1.0
+        settle = idle_until - sch.idle_s - time.monotonic()
+        if settle > 0:
+            time.sleep(settle)
         idle_from = time.monotonic()
-        idle_until = min(idle_from + sch.idle_s, t_last + press_at - 1.0)
         cpu0 = {nd.name: _cpu_s(nd.proc.pid) for nd in nodes}  # type: ignore[union-attr]
         bytes0 = _port_bytes(rig)
         lines0 = {nd.name: _lines(nd.log) for nd in nodes}
