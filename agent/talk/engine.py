@@ -268,6 +268,7 @@ class Talk:
         self._plan_seq = 0
         self._relay_sids: dict[StreamId, StreamId] = {}  # our relay stream -> the incoming one
         self._prerolling: set[StreamId] = set()  # streams _send_backlog is filling (live sends skip them)
+        self._sent_ts: dict[StreamId, int] = {}  # per stream of ours, the newest frame's capture time sent
         self.frames_relayed = 0
         self._groups_logged = 0
         self.relay_failures = 0
@@ -610,19 +611,27 @@ class Talk:
         ``send_audio`` is a checkpoint, so the capture or relay task runs between two sends; it
         skips a stream in ``_prerolling`` (only adds to the backlog), so frames go out in order."""
         self._prerolling.add(sid)
-        sent_ts: int | None = None
         try:
-            while fresh := [f for f in backlog() if sent_ts is None or f[1] > sent_ts]:
+            while fresh := [f for f in backlog() if f[1] > self._sent_ts.get(sid, -1)]:
                 for payload, ts, codec in fresh:
-                    await self.handle.send_audio(sid, payload, timestamp_us=ts, codec=codec)
-                    sent_ts = ts if sent_ts is None else max(sent_ts, ts)
-                    n = self._frames_in(codec, payload)  # (this press's encoders may be gone by now)
-                    if relay:
-                        self.frames_relayed += n
-                    else:
-                        self.frames_sent += n
+                    if await self._send_frame(sid, payload, ts, codec):
+                        n = self._frames_in(codec, payload)  # (this press's encoders may be gone by now)
+                        if relay:
+                            self.frames_relayed += n
+                        else:
+                            self.frames_sent += n
         finally:
             self._prerolling.discard(sid)
+
+    async def _send_frame(self, sid: StreamId, payload: bytes, ts: int, codec: int) -> bool:
+        """Send one frame on one of our streams unless the stream already has it (or a newer one):
+        a live sender that was paused at a checkpoint may come to a stream whose backlog has just
+        sent the same frame. Returns whether it was sent."""
+        if ts <= self._sent_ts.get(sid, -1):
+            return False
+        self._sent_ts[sid] = ts
+        await self.handle.send_audio(sid, payload, timestamp_us=ts, codec=codec)
+        return True
 
     async def _close_quietly(self, sid: StreamId) -> None:
         with trio.move_on_after(CLOSE_TIMEOUT_S):
@@ -692,15 +701,15 @@ class Talk:
             if sid is None or sid in self._prerolling or entry.codec != codec:
                 continue  # still opening: _request sends the pre-roll once it is open
             try:
-                await self.handle.send_audio(sid, payload, timestamp_us=ts, codec=codec)
+                if await self._send_frame(sid, payload, ts, codec):
+                    self.frames_sent += n
             except UnknownStreamError:
                 self._forget_out(sid)
             except AviP2pError as exc:
                 log.debug("send on %x: %s", sid, exc)
-            else:
-                self.frames_sent += n
 
     def _forget_out(self, sid: StreamId) -> PeerId | None:
+        self._sent_ts.pop(sid, None)
         peer = self._out_by_sid.pop(sid, None)
         if peer is not None:
             entry = self._out.get(peer)
@@ -807,13 +816,12 @@ class Talk:
             if sid is None or sid in self._prerolling:
                 continue  # still opening: it gets the pre-roll
             try:
-                await self.handle.send_audio(sid, ev.data, timestamp_us=ev.timestamp_us, codec=ev.codec)
+                if await self._send_frame(sid, ev.data, ev.timestamp_us, ev.codec):
+                    self.frames_relayed += self._frames_in(ev.codec, ev.data)
             except UnknownStreamError:
                 ins.relay_out.pop(child, None)
             except AviP2pError as exc:
                 log.debug("relay on %x: %s", sid, exc)
-            else:
-                self.frames_relayed += self._frames_in(ev.codec, ev.data)
 
     def _stop_relay(self, ins: _In) -> None:
         for sid in [s for s in ins.relay_out.values() if s is not None]:
@@ -898,6 +906,7 @@ class Talk:
             log.info("%s accepted our stream", peer, extra={"peer": peer, "stream": f"{sid:x}"})
 
     def _on_closed(self, peer: PeerId, sid: StreamId, reason: str) -> None:
+        self._sent_ts.pop(sid, None)
         if self._pending.pop(sid, None) is not None:
             return
         ins = self._in.get(sid)
