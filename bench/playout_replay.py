@@ -17,7 +17,9 @@ the 40 ms of packetisation are in it (a packet leaves when its last frame is cap
         --variant deeper:min_delay_us=80000
 
 A variant sets `AdaptivePlayout` keyword arguments (``NAME:key=value,...``); "base" is the
-engine's defaults (config/agent.toml's jitter_target_ms / jitter_max_ms).
+engine's defaults (config/agent.toml's jitter_target_ms / jitter_max_ms). ``memory=1``: each
+talk starts from the delay estimate the previous talk on the same trace learnt (what the
+engine does for the next stream from the same peer); the first talk of a trace starts fresh.
 """
 
 from __future__ import annotations
@@ -68,9 +70,10 @@ def encode(speech: np.ndarray, bitrate: int, frame_ms: int) -> list[tuple[int, b
 
 
 def replay(packets: list[tuple[int, bytes]], delays_ms: list[float], kwargs: dict[str, Any],
-           phase_us: int = 7_000) -> tuple[np.ndarray, list[float], dict[str, float]]:
+           phase_us: int = 7_000) -> tuple[np.ndarray, list[float], dict[str, Any]]:
     """Play ``packets`` arriving after ``delays_ms`` (one per packet, from its send time) through
-    a playout; (output samples, mouth-to-ear ms of each pulled frame with audio, stats)."""
+    a playout; (output samples, mouth-to-ear ms of each pulled frame with audio, stats; stats'
+    "estimator" is the playout's, for the next talk's ``prior``)."""
     from agent.talk.codec import make_codec
     from agent.talk.playout import AdaptivePlayout
     from hw.audio.base import AudioFormat
@@ -111,7 +114,8 @@ def replay(packets: list[tuple[int, bytes]], delays_ms: list[float], kwargs: dic
             break
     st = po.stats()
     return (np.frombuffer(b"".join(out), dtype="<i2"), lat,
-            {"concealed": st.concealed, "stretched_ms": st.stretched_ms, "late": st.late})
+            {"concealed": st.concealed, "stretched_ms": st.stretched_ms, "late": st.late,
+             "estimator": po.estimator})
 
 
 def fmt_range(xs: list[float], nd: int = 2) -> str:
@@ -177,10 +181,16 @@ def main() -> int:
         starts = list(range(0, len(d) - n + 1, n))
         if args.windows:
             starts = starts[:args.windows]
-        for name, kw in variants:
+        for name, kw0 in variants:
+            kw = dict(kw0)
             pesq, stoi, conc, stretch, p50, p95, p99 = [], [], [], [], [], [], []
+            memory = bool(kw.pop("memory", 0))
+            prior = None
             for s0 in starts:
+                if memory:
+                    kw["prior"] = prior
                 out, lat, st = replay(packets, d[s0:s0 + n], kw)
+                prior = st["estimator"]
                 sc = score(ref, out)
                 pesq.append(sc.pesq_wb)
                 stoi.append(sc.stoi)

@@ -48,7 +48,7 @@ from hw.gpio.base import Button, Led, LedPattern
 from .codec import (CODEC_NAMES, OPUS, PCM_S16LE, Codec, CodecError, OpusCodec, OpusSettings, choose_codec,
                     codec_ids, codec_names, common_codec, known_codecs, make_codec)
 from .groups import TOPIC, GroupDirectory, admission, encode_announcement, parse_announcement
-from .playout import AdaptivePlayout
+from .playout import AdaptivePlayout, DelayEstimator
 from .latency import LatencyWindow
 from .mixer import Mixer
 from .outqueue import DropOldestQueue
@@ -79,6 +79,8 @@ CLOSE_TIMEOUT_S = 2.0
 SHUTDOWN_S = 0.5             # closing our streams when push-to-talk stops (SIGTERM: exit in ~2 s)
 PREROLL_FRAMES = 16          # 320 ms of 20 ms frames kept for streams still being opened
 PLAYOUT_RESYNC_FRAMES = 4    # a playout clock this far behind restarts instead of bursting
+LEARNT_PEERS = 32            # links whose last stream's delay estimate a new stream starts from
+LEARNT_FOR_S = 600.0         # ... when that stream ended at most this long ago
 # The button: a tap (shorter than TAP_MAX_S) followed within TAP_GAP_S by a long press moves to
 # the next talk group; that second press does not transmit (a long press alone is just talking).
 TAP_MAX_S = 0.5
@@ -275,6 +277,7 @@ class Talk:
         self._led_mine: str | None = None
         self._led_saved: Any = None
         self._totals = _Totals()
+        self._learnt: dict[PeerId, tuple[float, DelayEstimator]] = {}  # peer -> (ended, estimate)
         self.frames_sent = 0
         self.frames_received = 0
         self.frames_unknown = 0  # on streams we do not play (not accepted, already gone)
@@ -748,8 +751,11 @@ class Talk:
             self._spawn(self._reject, sid, reason)
             return
         fmt = self.format
+        learnt = self._learnt.get(peer)
+        prior = learnt[1] if learnt is not None and trio.current_time() - learnt[0] <= LEARNT_FOR_S else None
         playout = AdaptivePlayout(fmt, lambda codec: make_codec(codec, fmt),
-                                  min_delay_us=tc.jitter_target_ms * 1000, max_delay_us=tc.jitter_max_ms * 1000)
+                                  min_delay_us=tc.jitter_target_ms * 1000, max_delay_us=tc.jitter_max_ms * 1000,
+                                  prior=prior)
         self._in[sid] = _In(peer, sid, playout, plan=plan)
         self._play_wake.set()
         self._spawn(self._accept, sid)
@@ -1003,6 +1009,12 @@ class Talk:
 
     def _retire(self, sid: StreamId) -> None:
         ins = self._in.pop(sid)
+        # The next stream from this peer starts from the delays this one learnt (its first stalls
+        # are then ridden out, not concealed while the target learns them again).
+        self._learnt.pop(ins.peer, None)
+        self._learnt[ins.peer] = (trio.current_time(), ins.playout.estimator)
+        while len(self._learnt) > LEARNT_PEERS:
+            del self._learnt[next(iter(self._learnt))]
         j, t = ins.playout.stats(), self._totals
         t.played += j.decoded
         t.late += j.late

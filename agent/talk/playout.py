@@ -116,6 +116,18 @@ class DelayEstimator:
         self._hist[b] += 1.0 - self.forget
         self.samples += 1
 
+    def learn_from(self, other: "DelayEstimator") -> None:
+        """Start from what an earlier stream over the same link learnt: its arrival-delay
+        histogram (delays beyond this estimator's range count in its last bucket). The base
+        transit is not carried over: it is measured again from this stream's packets."""
+        if other.bucket_us != self.bucket_us:
+            return  # another resolution: nothing comparable to carry over
+        n = min(len(self._hist), len(other._hist))
+        hist = np.zeros_like(self._hist)
+        hist[:n] = other._hist[:n]
+        hist[-1] += other._hist[n:].sum()
+        self._hist = hist
+
     @property
     def target_us(self) -> int:
         total = self._hist.sum()
@@ -152,7 +164,8 @@ class AdaptivePlayout:
 
     def __init__(self, fmt: AudioFormat, make_decoder: Callable[[int], Codec], *,
                  min_delay_us: int = 20_000, max_delay_us: int = 400_000,
-                 quantile: float = 0.99, forget_s: float = 6.0, margin_us: int = MARGIN_US) -> None:
+                 quantile: float = 0.99, forget_s: float = 6.0, margin_us: int = MARGIN_US,
+                 prior: DelayEstimator | None = None) -> None:
         if min_delay_us < 0 or max_delay_us < max(min_delay_us, fmt.frame_us):
             raise ValueError("need 0 <= min_delay_us <= max_delay_us and max_delay_us >= one frame")
         self.format = fmt
@@ -162,6 +175,8 @@ class AdaptivePlayout:
         self.min_delay_us, self.max_delay_us = min_delay_us, max_delay_us
         self.estimator = DelayEstimator(min_us=min_delay_us, max_us=max_delay_us, quantile=quantile,
                                         forget_s=forget_s, packet_us=fmt.frame_us, margin_us=margin_us)
+        if prior is not None:  # the last stream from the same peer: its link's delays, learnt
+            self.estimator.learn_from(prior)
         self._ch = fmt.channels
         self._fs = fmt.frame_samples
         self._us_per_sample = 1e6 / fmt.rate

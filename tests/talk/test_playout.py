@@ -157,17 +157,17 @@ def test_target_follows_stalls_up_and_comes_back_down() -> None:
     assert est.target_us == 40_000, est.target_us
 
 
-def lossy_tcp(n: int, rare_ms: int) -> list[tuple[int, int, bytes]]:
+def lossy_tcp(n: int, rare_ms: int, rare_at: int = 77) -> list[tuple[int, int, bytes]]:
     """Talk over a lossy TCP link, in order: 1 frame in 20 one retransmission timeout late
-    (25 ms), 1 in 150 a doubled one (``rare_ms``: the retransmission was lost too); 0.8 s of
-    speech, then 0.3 s of pause, repeated."""
+    (25 ms), 1 in 150 a doubled one (``rare_ms``: the retransmission was lost too; the first
+    at frame ``rare_at``); 0.8 s of speech, then 0.3 s of pause, repeated."""
     speech = voiced(n)
     out, last = [], 0
     for s in range(n):
         d = 1000
         if s % 20 == 7:
             d = 25_000
-        if s % 150 == 77:
+        if s % 150 == rare_at:
             d = rare_ms * 1000
         last = max(last, s * F + F + d)  # TCP: nothing overtakes a late frame
         out.append((last, s, speech[s] if s % 55 < 40 else bytes(FMT.frame_bytes)))
@@ -269,3 +269,21 @@ def test_loud_noise_is_not_stretched() -> None:
     rng = np.random.default_rng(1)
     x = np.rint(rng.normal(0, 5000, 640)).astype(np.int16)
     assert accelerate(x, FMT.rate)[1] == 0 and expand(x, FMT.rate)[1] == 0
+
+
+def test_a_stream_that_starts_from_the_last_streams_estimate_rides_out_its_first_stalls() -> None:
+    """The engine hands a new stream the delay estimate of the last stream from the same peer:
+    over the same lossy link the new stream starts at the learnt target and does not conceal
+    the first stalls that a fresh stream conceals while it learns them."""
+    arrivals = lossy_tcp(600, rare_ms=45, rare_at=3)  # a long stall before the first short one
+    first = po()
+    concealed_between(first, arrivals, 0, 550 * F)
+    learnt = first.target_us
+    assert learnt >= 60_000, learnt
+    fresh, informed = po(), po(prior=first.estimator)
+    assert informed.target_us == learnt and fresh.target_us == 40_000
+    assert concealed_between(fresh, arrivals, 0, 550 * F) >= 1 + concealed_between(informed, arrivals, 0, 550 * F)
+    # another resolution of histogram: nothing carried over
+    other = DelayEstimator(min_us=40_000, max_us=400_000, bucket_us=5_000)
+    other.learn_from(first.estimator)
+    assert other.target_us == 40_000

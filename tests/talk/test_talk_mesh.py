@@ -239,3 +239,22 @@ async def test_a_relay_tree_reaches_every_member_with_bounded_upload(tmp_path: P
         # hogs), so the ceiling is 3 s; the tone must still be the talker's.
         assert 1.5 <= heard.sound_s <= 3.0, f"{x.name}: {heard}"
         assert abs(heard.peaks_hz[0] - 440) < 5, f"{x.name}: {heard}"
+
+
+async def test_the_next_stream_from_a_peer_starts_from_the_delays_its_last_stream_learnt(tmp_path: Path) -> None:
+    async with agent("a", tmp_path, freq=440) as a, agent("b", tmp_path, freq=660) as b:
+        await a.node.handle().dial(b.addr)
+        await know_each_other(a, b)
+        await a.hold(HOLD_S)
+        await wait_until(lambda: b.talk.stats().streams_in == 0 and a.peer_id in b.talk._learnt, 20,
+                         "b to retire a's stream and keep what it learnt")
+        learnt = b.talk._learnt[a.peer_id][1]
+        mass = float(learnt._hist.sum())
+        assert mass > 0.1, mass  # ~100 packets of 40 ms
+        await a.button.press()
+        await wait_until(lambda: any(i.peer == a.peer_id for i in b.talk._in.values()), 5, "a's second stream")
+        est = next(i for i in b.talk._in.values() if i.peer == a.peer_id).playout.estimator
+        fresh = 1 - est.forget ** est.samples  # what a stream starting from nothing holds by now
+        assert float(est._hist.sum()) > fresh + 0.5 * est.forget ** est.samples * mass
+        await a.button.release()
+        await wait_until(lambda: b.talk.stats().streams_in == 0, 20, "b to hear the end of a's second talk")
