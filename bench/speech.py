@@ -207,6 +207,10 @@ def main() -> int:
                           f"p50/p95/p99 {res.status.get('latency_p50_ms')}/{res.status.get('latency_p95_ms')}/"
                           f"{res.status.get('latency_p99_ms')} ms, {res.tx_bytes_per_s:.0f} B/s in "
                           f"{res.tx_segments_per_s:.1f} segments > 100 B/s, "
+                          + (f"retransmitted {res.tcp['bytes_retrans'] / max(1, res.tcp['bytes_sent']):.0%} of "
+                             f"the bytes, {res.tcp['retrans'] / max(1, res.tcp['data_segs_out']):.0%} of the "
+                             f"segments ({res.tcp['dsack_dups'] / max(1, res.tcp['data_segs_out']):.0%} spurious), "
+                             if res.tcp else "") +
                           f"load {res.load[0]:.1f}", flush=True)
             for name, _, _ in variants:
                 text, summaries[(link.name, name)] = row(link, results[name], name)

@@ -164,6 +164,10 @@ class RunResult:
     load: tuple[float, float, float]
     wav: Path
     error: str | None = None
+    # the talker's TCP connections with the listener over their life (mostly the talk), from
+    # the kernel (ss): bytes_sent, bytes_retrans, data_segs_out, retrans (segments), dsack_dups
+    # (retransmissions the listener had already: spurious)
+    tcp: dict[str, int] | None = None
 
 
 ETHERNET_HEADER = 14  # bytes per packet below IP, counted on the wire too
@@ -209,6 +213,21 @@ def _pressed_at(log: Path) -> float | None:
         if "talk: talking to group" in line:
             return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S.%f").timestamp()
     return None
+
+
+def _tcp_counts(host: object, peer_ip: str) -> dict[str, int]:
+    """Retransmission counters of the host's TCP connections with ``peer_ip`` (``ss -ti``)."""
+    out = host.run(["ss", "-tinH", "state", "established", "dst", peer_ip]).stdout  # type: ignore[attr-defined]
+    total = {"bytes_sent": 0, "bytes_retrans": 0, "data_segs_out": 0, "retrans": 0, "dsack_dups": 0}
+    for word in out.split():
+        key, sep, value = word.partition(":")
+        if not sep or key not in total:
+            continue
+        if key == "retrans":  # "retrans:<in flight>/<total>"
+            value = value.partition("/")[2]
+        if value.isdigit():
+            total[key] += int(value)
+    return total
 
 
 def _stream_open_s(log: Path) -> float | None:
@@ -300,6 +319,7 @@ def run_speech(rig: object, speech: Path, link: Link, workdir: Path, *, talk: di
         return lambda argv, **kw: host.exec([python, *argv[1:]], cwd=str(repo), **kw)
 
     tx = rx = segs = 0.0
+    tcp: dict[str, int] | None = None
     try:
         start(a, on(ha))
         start(b, on(hb))
@@ -325,6 +345,7 @@ def run_speech(rig: object, speech: Path, link: Link, workdir: Path, *, talk: di
             time.sleep(0.2)
         if pressed is None:
             raise RuntimeError("the talker never pressed (no 'talking to group' in its log)")
+        tcp = _tcp_counts(ha, hb.ip)
 
         def rates(t_from: float, t_to: float) -> tuple[float, ...]:
             inside = [(t, c) for t, c in samples if t_from <= t <= t_to]
@@ -368,4 +389,4 @@ def run_speech(rig: object, speech: Path, link: Link, workdir: Path, *, talk: di
         except Exception as exc:
             error = f"scoring: {type(exc).__name__}: {exc}"
     return RunResult(link.name, sc, status.get("b", {}), status.get("a", {}), tx, rx, segs, os.getloadavg(),
-                     b.wav, error)
+                     b.wav, error, tcp)
