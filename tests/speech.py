@@ -138,6 +138,7 @@ RELAY_PORT = 4002
 PRESS_AT_S = 7.0      # after the agents start: the mesh and the group announcements, under loss
 LEAD_S = 1.0          # the speech starts this long after the press (the source plays from its open)
 TAIL_S = 3.0          # listened to after the release
+HOLD_SLACK_S = 0.5    # held this much longer than the speech needs
 START_SLACK_S = 15.0  # an agent under load starts this much later than spawned, at most
 
 
@@ -269,10 +270,17 @@ def run_speech(rig: object, speech: Path, link: Link, workdir: Path, *, talk: di
     ha, hb = rig[0], rig[1]  # type: ignore[index]
     ref = read_wav(speech)
     clip_s = len(ref) / RATE
-    # The talker's microphone: silence until after the press, then the speech.
+    # The talker's microphone plays its WAV as it is read, and an idle talker reads it for one
+    # level window only, then stops it until the press (agent/talk/engine.py): the press finds
+    # the WAV one window in. Then LEAD_S of silence, then the speech. The button is held a little
+    # longer than that (HOLD_SLACK_S), in case the window was cut short by a slow start.
+    from agent.levels import LevelMeter
+    from hw.audio.base import AudioFormat
+
+    idle_read_s = LevelMeter().window_frames * AudioFormat().frame_s
     mic = workdir / "mic.wav"
-    write_wav(mic, np.concatenate([np.zeros(int((PRESS_AT_S + LEAD_S) * RATE), dtype=np.int16), ref]))
-    hold_s = LEAD_S + clip_s + 0.3
+    write_wav(mic, np.concatenate([np.zeros(int((idle_read_s + LEAD_S) * RATE), dtype=np.int16), ref]))
+    hold_s = LEAD_S + clip_s + 0.3 + HOLD_SLACK_S
     a = SimNode("a", 0.0, [(PRESS_AT_S, hold_s)], port=AGENT_PORT, host=ha.ip)
     b = SimNode("b", 0.0, [], port=AGENT_PORT, host=hb.ip)
     for n in (a, b):
