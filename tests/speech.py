@@ -19,7 +19,7 @@ import numpy as np
 
 from agent import measure
 
-__all__ = ["HARVARD", "RATE", "make_speech_wav", "read_wav", "write_wav", "align", "score",
+__all__ = ["HARVARD", "RATE", "make_speech_wav", "read_wav", "write_wav", "align", "offset_of", "score",
            "Score", "sound_span_s", "speech_tools_missing"]
 
 RATE = 16_000
@@ -77,10 +77,10 @@ def sound_span_s(x: np.ndarray, rate: int = RATE, threshold: float = 300.0) -> f
     return 0.0 if loud.size == 0 else (loud[-1] - loud[0] + 1) * block / rate
 
 
-def align(ref: np.ndarray, deg: np.ndarray, rate: int = RATE) -> np.ndarray:
-    """The part of ``deg`` (a recording that contains ``ref`` somewhere, possibly a little
-    stretched) that lines up with ``ref``: the offset of best cross-correlation of the envelopes,
-    then ``len(ref)`` samples from there (zero-padded at the end)."""
+def offset_of(ref: np.ndarray, deg: np.ndarray, rate: int = RATE) -> int:
+    """Where ``ref`` starts in ``deg`` (a recording that contains it somewhere, possibly a little
+    stretched), in samples: the best cross-correlation of the envelopes, refined on the
+    samples."""
     hop = rate // 100
     def env(x: np.ndarray) -> np.ndarray:
         n = len(x) // hop
@@ -102,6 +102,13 @@ def align(ref: np.ndarray, deg: np.ndarray, rate: int = RATE) -> np.ndarray:
         cc = float(np.dot(d, seg))
         if cc > best_c:
             best, best_c = s, cc
+    return best
+
+
+def align(ref: np.ndarray, deg: np.ndarray, rate: int = RATE) -> np.ndarray:
+    """The part of ``deg`` (a recording that contains ``ref`` somewhere, possibly a little
+    stretched) that lines up with ``ref`` (see `offset_of`), zero-padded at the end."""
+    best = offset_of(ref, deg, rate)
     out = deg[best:best + len(ref)]
     if len(out) < len(ref):
         out = np.concatenate([out, np.zeros(len(ref) - len(out), dtype=out.dtype)])
@@ -139,6 +146,7 @@ PRESS_AT_S = 7.0      # after the agents start: the mesh and the group announcem
 LEAD_S = 1.0          # the speech starts this long after the press (the source plays from its open)
 TAIL_S = 3.0          # listened to after the release
 HOLD_SLACK_S = 0.5    # held this much longer than the speech needs
+DRAIN_ALLOWANCE_S = 3.0  # the talker's microphone drained before push-to-talk starts, at most
 START_SLACK_S = 15.0  # an agent under load starts this much later than spawned, at most
 
 
@@ -202,18 +210,34 @@ def _wire(talker: object, listener: object) -> tuple[int, int, int]:
     return rx, tx, segs
 
 
-def _pressed_at(log: Path) -> float | None:
-    """The talker's press (its log line), as time.time() seconds, or None before it."""
+def _logged_at(log: Path, text: str) -> float | None:
+    """When an agent first logged a line containing ``text``, as time.time() seconds."""
     from datetime import datetime
 
     try:
-        text = log.read_text(errors="replace")
+        lines = log.read_text(errors="replace").splitlines()
     except FileNotFoundError:
         return None
-    for line in text.splitlines():
-        if "talk: talking to group" in line:
+    for line in lines:
+        if text in line:
             return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S.%f").timestamp()
     return None
+
+
+def _pressed_at(log: Path) -> float | None:
+    """The talker's press (its log line), as time.time() seconds, or None before it."""
+    return _logged_at(log, "talk: talking to group")
+
+
+def _rates(samples: list[tuple[float, tuple[int, int, int]]], t_from: float, t_to: float,
+           pressed: float) -> tuple[float, ...]:
+    """Per-second rates of the sampled byte counters between two times."""
+    inside = [(t, c) for t, c in samples if t_from <= t <= t_to]
+    if len(inside) < 2 or inside[-1][0] - inside[0][0] < 0.5 * (t_to - t_from):
+        raise RuntimeError(f"too few byte samples between {t_from - pressed:+.1f} and "
+                           f"{t_to - pressed:+.1f} s of the press")
+    (ta, ca), (tb, cb) = inside[0], inside[-1]
+    return tuple((cb[k] - ca[k]) / (tb - ta) for k in range(3))
 
 
 def _tcp_counts(host: object, peer_ip: str) -> dict[str, int]:
@@ -270,17 +294,21 @@ def run_speech(rig: object, speech: Path, link: Link, workdir: Path, *, talk: di
     ha, hb = rig[0], rig[1]  # type: ignore[index]
     ref = read_wav(speech)
     clip_s = len(ref) / RATE
-    # The talker's microphone plays its WAV as it is read, and an idle talker reads it for one
-    # level window only, then stops it until the press (agent/talk/engine.py): the press finds
-    # the WAV one window in. Then LEAD_S of silence, then the speech. The button is held a little
-    # longer than that (HOLD_SLACK_S), in case the window was cut short by a slow start.
+    # The talker's microphone plays its WAV as it is read. Before the press the service drains
+    # it until push-to-talk starts (0.2-3 s, longer under load), then an idle talker reads one
+    # level window and stops it until the press (agent/talk/engine.py); the WAV goes on where it
+    # was. So the press finds the WAV 1 to 1 + DRAIN_ALLOWANCE_S s in: after that much silence
+    # and LEAD_S more comes the speech, which therefore begins LEAD_S to LEAD_S +
+    # DRAIN_ALLOWANCE_S after the press; the button is held until it has surely ended, and where
+    # it really was is found afterwards in the listener's recording.
     from agent.levels import LevelMeter
     from hw.audio.base import AudioFormat
 
     idle_read_s = LevelMeter().window_frames * AudioFormat().frame_s
     mic = workdir / "mic.wav"
-    write_wav(mic, np.concatenate([np.zeros(int((idle_read_s + LEAD_S) * RATE), dtype=np.int16), ref]))
-    hold_s = LEAD_S + clip_s + 0.3 + HOLD_SLACK_S
+    write_wav(mic, np.concatenate([np.zeros(int((idle_read_s + DRAIN_ALLOWANCE_S + LEAD_S) * RATE), dtype=np.int16),
+                                   ref]))
+    hold_s = LEAD_S + DRAIN_ALLOWANCE_S + clip_s + 0.3 + HOLD_SLACK_S
     a = SimNode("a", 0.0, [(PRESS_AT_S, hold_s)], port=AGENT_PORT, host=ha.ip)
     b = SimNode("b", 0.0, [], port=AGENT_PORT, host=hb.ip)
     for n in (a, b):
@@ -328,6 +356,8 @@ def run_speech(rig: object, speech: Path, link: Link, workdir: Path, *, talk: di
 
     tx = rx = segs = 0.0
     tcp: dict[str, int] | None = None
+    samples: list[tuple[float, tuple[int, int, int]]] = []
+    pressed: float | None = None
     try:
         start(a, on(ha))
         start(b, on(hb))
@@ -339,8 +369,6 @@ def run_speech(rig: object, speech: Path, link: Link, workdir: Path, *, talk: di
         # Bytes on the talker's link, sampled through the run; afterwards the windows are placed
         # by the talker's own press (logged): under load an agent starts seconds after its spawn,
         # and its press and microphone count from its own start.
-        samples: list[tuple[float, tuple[int, int, int]]] = []
-        pressed: float | None = None
         while monitor.poll() is None and time.monotonic() - t0 < watch_s + START_SLACK_S + 20:
             for n in (a, b):
                 if n.proc is None or n.proc.poll() is not None:
@@ -354,22 +382,6 @@ def run_speech(rig: object, speech: Path, link: Link, workdir: Path, *, talk: di
         if pressed is None:
             raise RuntimeError("the talker never pressed (no 'talking to group' in its log)")
         tcp = _tcp_counts(ha, hb.ip)
-
-        def rates(t_from: float, t_to: float) -> tuple[float, ...]:
-            inside = [(t, c) for t, c in samples if t_from <= t <= t_to]
-            if len(inside) < 2 or inside[-1][0] - inside[0][0] < 0.5 * (t_to - t_from):
-                raise RuntimeError(f"too few byte samples between {t_from - pressed:+.1f} and "
-                                   f"{t_to - pressed:+.1f} s of the press")
-            (ta, ca), (tb, cb) = inside[0], inside[-1]
-            return tuple((cb[k] - ca[k]) / (tb - ta) for k in range(3))
-
-        before = rates(pressed - 2.5, pressed - 0.2)
-        talking = rates(pressed + LEAD_S, pressed + LEAD_S + clip_s - 0.5)
-        after = rates(pressed + hold_s + 0.5, pressed + hold_s + TAIL_S - 0.2)
-        # the quieter of the windows before the press and after the release (start-up traffic
-        # or a stream's tail in the other would make the stream look cheaper than it is)
-        idle = [min(x, y) for x, y in zip(before, after)]
-        rx, tx, segs = (talking[k] - idle[k] for k in range(3))
     except Exception as exc:  # reported in the table, not raised: one bad run is a figure too
         error = f"{type(exc).__name__}: {exc}"
     finally:
@@ -393,8 +405,27 @@ def run_speech(rig: object, speech: Path, link: Link, workdir: Path, *, talk: di
     sc = None
     if error is None:
         try:
-            sc = score(ref, read_wav(b.wav))
+            heard = read_wav(b.wav)
+            sc = score(ref, heard)
         except Exception as exc:
             error = f"scoring: {type(exc).__name__}: {exc}"
+    if error is None and pressed is not None:
+        try:
+            # The speech's own time at the talker: where it is in the listener's recording (which
+            # keeps time from the sink's open, logged), less the mouth-to-ear delay.
+            opened_b = _logged_at(b.log, "service: devices open")
+            if opened_b is None:
+                raise RuntimeError("the listener's 'devices open' line is missing")
+            p50 = float(status.get("b", {}).get("latency_p50_ms") or 0) / 1000  # type: ignore[union-attr,arg-type]
+            spoken = opened_b + offset_of(ref, heard) / RATE - p50
+            talking = _rates(samples, spoken + 0.3, spoken + clip_s - 0.5, pressed)
+            before = _rates(samples, pressed - 2.5, pressed - 0.2, pressed)
+            after = _rates(samples, pressed + hold_s + 0.5, pressed + hold_s + TAIL_S - 0.2, pressed)
+            # the quieter of the windows before the press and after the release (start-up traffic
+            # or a stream's tail in the other would make the stream look cheaper than it is)
+            idle = [min(x, y) for x, y in zip(before, after)]
+            rx, tx, segs = (talking[k] - idle[k] for k in range(3))
+        except Exception as exc:
+            error = f"bytes: {type(exc).__name__}: {exc}"
     return RunResult(link.name, sc, status.get("b", {}), status.get("a", {}), tx, rx, segs, os.getloadavg(),
                      b.wav, error, tcp)
