@@ -9,27 +9,27 @@ modules behind it are private.
 
 from typing import TYPE_CHECKING
 
-from .clock import now_us
-from .config import AviP2pConfig, is_peer_id
-from .errors import (AviP2pError, ConfigError, DialError, IdentityError, LimitError,
+from ._clock import now_us
+from ._config import AviP2pConfig, is_peer_id
+from ._errors import (AviP2pError, ConfigError, DialError, IdentityError, LimitError,
                      NotAllowedError, NotRunningError, ProtocolError, PubSubError,
                      StreamRejectedError, TimeoutError, UnknownPeerError, UnknownStreamError)
-from .events import (AudioData, AudioStreamAccepted, AudioStreamClosed, AudioStreamRequested,
+from ._events import (AudioData, AudioStreamAccepted, AudioStreamClosed, AudioStreamRequested,
                      Event, Message, PeerConnected, PeerDisconnected, PeerDiscovered, PeerId,
                      Started, StreamId)
 
 if TYPE_CHECKING:
-    from .audio_session import StreamStats
-    from .handle import AviP2pHandle
-    from .identity import load_or_create_identity, new_identity, peer_id_of, read_identity, write_identity
-    from .node import AviP2p, NodeStats
+    from ._audio_session import StreamStats
+    from ._handle import AviP2pHandle
+    from ._identity import load_or_create_identity, new_identity, peer_id_of, read_identity, write_identity
+    from ._node import AviP2p, NodeStats
 
 # The node pulls in py-libp2p (about 1 s and 70 MB); config, events and errors do not, so
 # `check-config` and other light users stay fast. The node's names, and the identity helpers
 # (their key pair is py-libp2p's, to pass on as it is), load on first use.
-_LAZY = {"AviP2p": "node", "AviP2pHandle": "handle", "NodeStats": "node", "StreamStats": "audio_session",
-         "new_identity": "identity", "read_identity": "identity", "write_identity": "identity",
-         "load_or_create_identity": "identity", "peer_id_of": "identity"}
+_LAZY = {"AviP2p": "_node", "AviP2pHandle": "_handle", "NodeStats": "_node", "StreamStats": "_audio_session",
+         "new_identity": "_identity", "read_identity": "_identity", "write_identity": "_identity",
+         "load_or_create_identity": "_identity", "peer_id_of": "_identity"}
 
 
 def __getattr__(name: str) -> object:

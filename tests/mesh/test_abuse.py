@@ -29,10 +29,11 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from agent.measure import percentile
 from agent.mesh import (AudioData, AudioStreamAccepted, AudioStreamClosed, AudioStreamRequested,
-                        AviP2p, Message, compat)
-from agent.mesh import audio_protocol as ap
+                        AviP2p, Message)
+from agent.mesh import _compat as compat
+from agent.mesh import _audio_protocol as ap
 from agent.mesh import now_us
-from agent.mesh.frames import PROTOCOL_ID
+from agent.mesh._frames import PROTOCOL_ID
 from tests.mesh.meshutil import Node, cfg, until_connected
 from tests.poll import wait_until
 
@@ -498,7 +499,7 @@ async def test_half_open_connections_are_reaped_while_a_peer_is_served():
 async def test_event_queue_drops_from_the_flooding_stream_not_the_paced_one():
     """When the application falls behind, the frames dropped are the flooding stream's, even
     when a paced stream's frame is the oldest in the queue."""
-    from agent.mesh.eventqueue import EventQueue
+    from agent.mesh._eventqueue import EventQueue
 
     dropped: list[AudioData] = []
     q = EventQueue(8, dropped.append)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.mesh.audio_protocol import (
+from agent.mesh._audio_protocol import (
     KEEPALIVE_INTERVAL,
     STREAM_TIMEOUT,
     AudioStreamConnection,
@@ -26,7 +26,7 @@ from agent.mesh.audio_protocol import (
     TRANSITIONS,
     protocol_reason,
 )
-from agent.mesh.frames import (
+from agent.mesh._frames import (
     HEADER,
     MAX_PAYLOAD,
     MAX_REASON,

@@ -1,4 +1,4 @@
-"""Each py-libp2p 0.8 defect that `agent.mesh.compat` works around, shown against the unpatched
+"""Each py-libp2p 0.8 defect that `agent/mesh/_compat.py` works around, shown against the unpatched
 library (plus a check that the workaround covers it).
 
 When an upgrade fixes a defect, its `test_defect_*` fails: delete the workaround and the test.
@@ -28,7 +28,7 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.rpc_queue import RpcQueue
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
 
-from agent.mesh import compat
+from agent.mesh import _compat as compat
 from tests.mesh.meshutil import nodes, until_connected
 
 LISTEN = multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from agent.mesh import AviP2pConfig
-from agent.mesh.audio_protocol import KEEPALIVE_INTERVAL, STREAM_TIMEOUT
+from agent.mesh._audio_protocol import KEEPALIVE_INTERVAL, STREAM_TIMEOUT
 
 RENAMED_FIELDS = AviP2pConfig.renamed_fields
 

@@ -8,7 +8,7 @@ import typing
 import pytest
 
 import agent.mesh as mesh
-from agent.mesh import events
+from agent.mesh import _events as events
 
 
 def test_every_peer_field_is_named_peer_id() -> None:

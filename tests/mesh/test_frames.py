@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.mesh import ProtocolError
-from agent.mesh.frames import (
+from agent.mesh._frames import (
     HEADER,
     MAX_BUFFERED,
     MAX_PAYLOAD,

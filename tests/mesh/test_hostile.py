@@ -24,9 +24,9 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from agent.mesh import (AudioData, AudioStreamAccepted, AudioStreamClosed, AudioStreamRequested,
-                        AviP2p, DialError, IdentityError, Message, PeerDisconnected, UnknownPeerError,
-                        compat)
-from agent.mesh.frames import HEADER, PROTOCOL_ID, VERSION, Frame, FrameDecoder, FrameType, encode_frame
+                        AviP2p, DialError, IdentityError, Message, PeerDisconnected, UnknownPeerError)
+from agent.mesh import _compat as compat
+from agent.mesh._frames import HEADER, PROTOCOL_ID, VERSION, Frame, FrameDecoder, FrameType, encode_frame
 from tests.mesh.meshutil import Node, cfg, until_connected
 
 ROOT = Path(__file__).resolve().parents[2]

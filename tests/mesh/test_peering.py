@@ -1,4 +1,4 @@
-"""Peer management without sockets (agent/mesh/peering.py): the bounded-degree dial policy, and
+"""Peer management without sockets (agent/mesh/_peering.py): the bounded-degree dial policy, and
 `PeerManager`'s decisions as tables: who may connect and why not, what discovery's reports lead
 to, back-off arithmetic, eviction."""
 
@@ -9,9 +9,9 @@ from collections import Counter
 
 import pytest
 
-from agent.mesh.peering import (FIRST_ROUND_S, REDIAL_MAX_S, REFUSED_BACKOFF_S, Intake, PeerManager,
+from agent.mesh._peering import (FIRST_ROUND_S, REDIAL_MAX_S, REFUSED_BACKOFF_S, Intake, PeerManager,
                                 choose_dials, dial_budget)
-from agent.mesh.redial import RedialPolicy
+from agent.mesh._redial import RedialPolicy
 
 
 def test_budget_counts_connected_and_in_flight_dials() -> None:

@@ -1,4 +1,4 @@
-"""agent.mesh.redial: back-off and forgetting of departed peers (sans-I/O, explicit time), and
+"""agent/mesh/_redial.py: back-off and forgetting of departed peers (sans-I/O, explicit time), and
 the node using it: a departed peer is forgotten after forget_after_s, a bootstrap peer never."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from agent.mesh import PeerConnected, PeerDisconnected
-from agent.mesh.redial import RedialPolicy
+from agent.mesh._redial import RedialPolicy
 from tests.mesh.test_discovery import connected_to, run_node, start
 from tests.poll import wait_until
 

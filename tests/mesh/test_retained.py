@@ -56,7 +56,7 @@ def _msg(origin: bytes, topic: str, seqno: int, data: bytes = b"x"):  # type: ig
 
 
 def test_store_keeps_the_latest_per_origin_and_topic_and_hands_over_the_others() -> None:
-    from agent.mesh.retained import RetainedStore
+    from agent.mesh._retained import RetainedStore
 
     store = RetainedStore(["st"], limit=3)
     store.keep(_msg(b"A", "st", 1), 0.0)
@@ -74,7 +74,7 @@ def test_store_keeps_the_latest_per_origin_and_topic_and_hands_over_the_others()
 
 
 def test_decode_stops_at_a_truncated_or_oversized_entry_and_flags_garbage() -> None:
-    from agent.mesh.retained import RetainedStore
+    from agent.mesh._retained import RetainedStore
 
     store = RetainedStore(["st"])
     store.keep(_msg(b"A", "st", 1), 0.0)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import Enum, StrEnum
 from typing import assert_never
 
-from agent.mesh.frames import (
+from agent.mesh._frames import (
     MAX_PAYLOAD,
     Codec,
     Frame,

@@ -4,7 +4,7 @@ Sans-I/O: nothing here reads or writes a socket. `encode_frame` turns a `Frame` 
 `FrameDecoder.feed` turns bytes (in chunks of any size) into `Frame`s. The wire format is
 documented in PROTOCOL.md next to this file; keep the two in step.
 
-Error hierarchy (all under `agent.mesh.errors.ProtocolError`)::
+Error hierarchy (all under `agent.mesh.ProtocolError`)::
 
     ProtocolError
     ├── LocalProtocolError            we misused the protocol (wrong state, bad value)
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import ClassVar
 
-from agent.mesh.errors import ProtocolError
+from agent.mesh._errors import ProtocolError
 
 PROTOCOL_ID = "/avi/audio/1.0.0"
 VERSION = 1

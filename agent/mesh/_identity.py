@@ -15,8 +15,8 @@ from libp2p.crypto.keys import KeyPair, KeyType
 from libp2p.crypto.serialization import deserialize_private_key
 from libp2p.peer.id import ID
 
-from .errors import IdentityError
-from .events import PeerId
+from ._errors import IdentityError
+from ._events import PeerId
 
 MAX_KEY_FILE = 4096
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import trio
 
-from .events import AudioData, Event
+from ._events import AudioData, Event
 
 
 class EventQueue:

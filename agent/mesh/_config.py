@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 from multiaddr import Multiaddr
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .audio_protocol import KEEPALIVE_INTERVAL, STREAM_TIMEOUT
+from ._audio_protocol import KEEPALIVE_INTERVAL, STREAM_TIMEOUT
 
 
 _B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"

@@ -104,7 +104,7 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("agent.mesh.compat")  # the name logs had before the module went private
 
 STREAM_ERRORS = (StreamEOF, StreamReset, StreamClosed)
 

@@ -26,23 +26,23 @@ from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.tools.anyio_service import background_trio_service
 
-from . import audio_protocol as ap
-from .audio_session import AudioSession, Direction, StreamStats
-from .compat import (STREAM_ERRORS, DeliveringPubsub, DhtHost, all_loopback, check_port_free, close_host,
+from . import _audio_protocol as ap
+from ._audio_session import AudioSession, Direction, StreamStats
+from ._compat import (STREAM_ERRORS, DeliveringPubsub, DhtHost, all_loopback, check_port_free, close_host,
                      enable_tcp_liveness, forget_failed_dials, gossip_router, listen_multiaddr,
                      read_some, secure_host)
-from .config import AviP2pConfig
-from .errors import (AviP2pError, DialError, LimitError, NotAllowedError, NotRunningError,
+from ._config import AviP2pConfig
+from ._errors import (AviP2pError, DialError, LimitError, NotAllowedError, NotRunningError,
                      ProtocolError, PubSubError, TimeoutError, UnknownPeerError, UnknownStreamError)
-from .eventqueue import EventQueue
-from .events import (AudioData, AudioStreamClosed, AudioStreamRequested, Event, Message,
+from ._eventqueue import EventQueue
+from ._events import (AudioData, AudioStreamClosed, AudioStreamRequested, Event, Message,
                      PeerConnected, PeerDisconnected, PeerDiscovered, PeerId, Started, StreamId)
-from .frames import PROTOCOL_ID
-from .handle import AviP2pHandle
-from .identity import load_or_create_identity
-from .peering import FIRST_ROUND_S, MAX_KNOWN_PEERS_FACTOR, PeerManager
-from .redial import RedialPolicy
-from .retained import MAX_RETAINED_SYNC_BYTES, RETAINED_PROTOCOL_ID, RetainedStore
+from ._frames import PROTOCOL_ID
+from ._handle import AviP2pHandle
+from ._identity import load_or_create_identity
+from ._peering import FIRST_ROUND_S, MAX_KNOWN_PEERS_FACTOR, PeerManager
+from ._redial import RedialPolicy
+from ._retained import MAX_RETAINED_SYNC_BYTES, RETAINED_PROTOCOL_ID, RetainedStore
 
 log = logging.getLogger("agent.mesh")
 T = TypeVar("T")
@@ -53,7 +53,7 @@ INBOX_FACTOR = 4
 PEERSTORE_CLEANUP_S = 60
 # Asked by `dial()` once connected: the answer says whether the peer keeps the connection.
 ADMISSION_PROTOCOL_ID = "/avi/admission/1.0.0"
-# Each missing peer has its own schedule (agent/mesh/redial.py): 1 s after it left, then doubling
+# Each missing peer has its own schedule (agent/mesh/_redial.py): 1 s after it left, then doubling
 # gaps up to `redial_max_s`; forgotten after `forget_after_s` of failed dials (bootstrap excepted).
 REDIAL_FIRST_S = 1.0
 # Shutdown budget (SIGTERM to exit within ~2 s in a busy fleet): telling stream peers why, then

@@ -14,12 +14,12 @@ from enum import Enum
 import trio
 from libp2p.abc import INetStream
 
-from . import audio_protocol as ap
-from .compat import STREAM_ERRORS, read_some
-from .config import AviP2pConfig
-from .eventqueue import EventQueue
-from .events import AudioData, AudioStreamAccepted, PeerId, StreamId
-from .frames import MAX_PAYLOAD, Codec
+from . import _audio_protocol as ap
+from ._compat import STREAM_ERRORS, read_some
+from ._config import AviP2pConfig
+from ._eventqueue import EventQueue
+from ._events import AudioData, AudioStreamAccepted, PeerId, StreamId
+from ._frames import MAX_PAYLOAD, Codec
 
 log = logging.getLogger("agent.mesh.audio")
 
@@ -98,7 +98,7 @@ class AudioSession:
     def queue_frame(self, payload: bytes, timestamp_us: int, codec: int) -> None:
         """Queue a frame for sending; never waits. The oldest queued frame goes when full."""
         if len(payload) > MAX_PAYLOAD:
-            from .errors import LimitError
+            from ._errors import LimitError
             raise LimitError(f"audio frame of {len(payload)} bytes exceeds the maximum of {MAX_PAYLOAD}")
         if len(self._buffer) >= self._buffer_max:
             self._buffer.popleft()

@@ -1,6 +1,6 @@
 """`AviP2pHandle`: the application's reference to a running node. It checks its arguments and
 forwards to the node's operations; what they do (pub/sub, connections, audio streams) is the
-node's job, in node.py."""
+node's job, in _node.py."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import multiaddr
 import trio
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
-from .clock import now_us
-from .errors import DialError, LimitError, PubSubError
-from .events import PeerId, StreamId
+from ._clock import now_us
+from ._errors import DialError, LimitError, PubSubError
+from ._events import PeerId, StreamId
 
 if TYPE_CHECKING:
-    from .node import AviP2p
+    from ._node import AviP2p
 
 
 class AviP2pHandle:

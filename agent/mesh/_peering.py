@@ -25,7 +25,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from .redial import RedialPolicy
+from ._redial import RedialPolicy
 
 __all__ = ["dial_budget", "choose_dials", "PeerManager", "Intake", "Round",
            "REFUSED_BACKOFF_S", "REDIAL_MAX_S", "FIRST_ROUND_S", "MAX_KNOWN_PEERS_FACTOR"]
