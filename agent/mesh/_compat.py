@@ -72,7 +72,9 @@ that fixes one makes its test fail, and the workaround can then be deleted.
     a node that just connected has an empty mesh until the next heartbeat grafts, so what it
     publishes meanwhile (its first status, its talk groups) reaches nobody. go-libp2p floods
     a node's own messages to every peer in the topic ("flood publish"); so do we, for our own
-    messages only (forwarded ones still go to the mesh).
+    messages only (forwarded ones still go to the mesh), while the topic's mesh is thinner
+    than `degree_low` (once grafted, a flood cost a copy per topic peer: at N = 10 a third of a
+    node's idle status traffic).
 17. The public key on every message a node publishes (`DeliveringPubsub.push_msg`): py-libp2p
     sets `Message.key` (36 bytes for Ed25519) although an Ed25519 peer id holds the key itself;
     receivers (py-libp2p's included) take it from the `from` peer id when `key` is absent, and
@@ -244,6 +246,8 @@ class _QuietGossipSub(GossipSub):
         pubsub = self.pubsub
         if pubsub is not None and origin == pubsub.my_id:  # flood publish our own (defect 16)
             for topic in topic_ids:
+                if len(self.mesh.get(topic, ())) >= self.degree_low:
+                    continue  # grafted: the mesh carries it (a flood costs every topic peer a copy)
                 peers.update(p for p in pubsub.peer_topics.get(topic, ()) if p in pubsub.peers)
             peers.discard(origin)
         return peers

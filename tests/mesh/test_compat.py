@@ -579,6 +579,16 @@ def test_own_message_with_an_empty_mesh_reaches_nobody_unless_flooded():
     assert set(ours._get_peers_to_send(["t"], a, a)) == set()  # forwarded: still mesh only
 
 
+def test_own_message_goes_to_the_mesh_once_it_is_grafted():
+    me, *others = (ID(bytes([0, 36]) + bytes([i]) * 36) for i in range(1, 9))
+    ours = compat.gossip_router(heartbeat=1.0, rate_limit=200, all_on_loopback=True)
+    _router_with_peers(ours, me, others)
+    ours.mesh["t"] = set(others[:ours.degree_low])  # grafted: as thick as degree_low
+    assert set(ours._get_peers_to_send(["t"], me, me)) == set(others[:ours.degree_low])
+    ours.mesh["t"] = set(others[:ours.degree_low - 1])  # thinner: flooded to every topic peer
+    assert set(ours._get_peers_to_send(["t"], me, me)) == set(others)
+
+
 # --- 17. the public key on every message, although the peer id holds it ---------------------------
 
 
