@@ -498,3 +498,25 @@ async def test_without_talk_incoming_streams_are_refused(tmp_path: Path) -> None
             assert "push-to-talk is not running" in closed.reason
         assert not service.faults.active
         service.stop()
+
+
+async def test_identify_without_talk_blinks_the_led_then_puts_the_pattern_back(tmp_path: Path) -> None:
+    """No push-to-talk to chime: identify blinks the LED for IDENTIFY_S, the service's own
+    pattern (idle/error) stays off the LED meanwhile and comes back afterwards."""
+    from agent.identify import encode_request
+    from agent.talk.engine import IDENTIFY_S
+
+    async with trio.open_nursery() as n:
+        service = await _service_and_peer(tmp_path, n, None)
+        led = service.hw.led
+        with trio.fail_after(SEEN_TIMEOUT_S):  # hang guard: the status-line task sets it within ~1 s
+            while led.pattern.name != "idle":
+                await trio.sleep(0.05)
+        service._on_identify("12D3KooWmonitor", encode_request(service.peer_id))
+        assert led.pattern.name == "identify" and service.identify_policy.counts["done"] == 1
+        service.hw.show(service.view.led_pattern())  # what the status-line task does each round
+        assert led.pattern.name == "identify"
+        with trio.fail_after(IDENTIFY_S + SEEN_TIMEOUT_S):  # hang guard, not a speed check
+            while led.pattern.name != "idle":
+                await trio.sleep(0.05)
+        service.stop()
