@@ -509,14 +509,12 @@ async def test_identify_without_talk_blinks_the_led_then_puts_the_pattern_back(t
     async with trio.open_nursery() as n:
         service = await _service_and_peer(tmp_path, n, None)
         led = service.hw.led
-        with trio.fail_after(SEEN_TIMEOUT_S):  # hang guard: the status-line task sets it within ~1 s
-            while led.pattern.name != "idle":
-                await trio.sleep(0.05)
+        # hang guard: the status-line task sets it within ~1 s
+        await wait_until(lambda: led.pattern.name == "idle", SEEN_TIMEOUT_S, "the idle LED")
         service._on_identify("12D3KooWmonitor", encode_request(service.peer_id))
         assert led.pattern.name == "identify" and service.identify_policy.counts["done"] == 1
         service.hw.show(service.view.led_pattern())  # what the status-line task does each round
         assert led.pattern.name == "identify"
-        with trio.fail_after(IDENTIFY_S + SEEN_TIMEOUT_S):  # hang guard, not a speed check
-            while led.pattern.name != "idle":
-                await trio.sleep(0.05)
+        await wait_until(lambda: led.pattern.name == "idle", IDENTIFY_S + SEEN_TIMEOUT_S,
+                         "the idle LED after identify")  # hang guard, not a speed check
         service.stop()
