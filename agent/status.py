@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -52,6 +52,13 @@ CHANGE_GAP_FRACTION = 0.1
 FLEET_STATUS_RATE = 1.0
 # A node is stale after this many of its own intervals without a message (at least stale_after_s).
 STALE_INTERVALS = 2.5
+
+
+def listed_peers(peers: Iterable[str], is_node: Callable[[str], bool]) -> list[str]:
+    """The sample of connected peers a status message lists: nodes of the fleet before other
+    peers (a monitor publishes no status), each kind in id order, so a reader sees which
+    nodes a node is connected to rather than which tools happen to be watching it."""
+    return sorted(peers, key=lambda p: (not is_node(p), p))[:LISTED_PEERS_SENT]
 
 
 def fleet_interval(base_s: float, fleet: int, fleet_rate: float) -> float:
@@ -249,6 +256,10 @@ class FleetView:
     def rejected(self) -> int:
         return sum(self._rejected.values())
 
+    def knows(self, peer_id: str) -> bool:
+        """Whether `peer_id` is a node of the fleet (we hold a status message of it)."""
+        return peer_id in self._nodes
+
     def receive(self, from_peer: str, data: bytes, age_s: float = 0.0) -> StatusMessage | None:
         """Take one message off the status topic; returns it, or None when it was dropped.
         `age_s`: how long a neighbour held it before handing it over (retained message)."""
@@ -424,7 +435,7 @@ class Status:
         return StatusMessage(
             node=self.node_name, peer_id=self.peer_id, version=__version__[:32], seq=self._seq,
             uptime_s=round(time.monotonic() - self._started, 1), state=f.state,
-            peers=len(f.peers), connected_peers=sorted(f.peers)[:LISTED_PEERS_SENT],
+            peers=len(f.peers), connected_peers=listed_peers(f.peers, self.view.knows),
             fleet=self.view.fresh_count(), streams_in=f.streams_in, streams_out=f.streams_out,
             frames_sent=f.frames_sent, frames_received=f.frames_received, xruns=f.xruns,
             drops=f.drops, cpu_load=f.cpu_load, process_cpu=f.process_cpu, temp_c=f.temp_c,

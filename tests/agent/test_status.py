@@ -170,6 +170,18 @@ async def test_publisher_interval_change_and_coalescing(autojump_clock, hang_gua
         assert not any("key" in k or "priv" in k for k in body)
 
 
+def test_the_listed_peer_is_a_fleet_node_before_a_monitor() -> None:
+    """`connected_peers` is a sample (LISTED_PEERS_SENT): a node connected to another node and
+    to a monitor (which publishes no status) lists the node, whichever id sorts first."""
+    monitor = "12D3KooW1111111111111111111111111111111111111111111"  # sorts before PEER_B
+    peers = [PEER_B, monitor]
+    s = Status(StatusConfig(), FakeHandle(), "pi-a", PEER_A, lambda: LocalFigures(state="ok", peers=peers))
+    assert s.build().connected_peers == sorted(peers)[:LISTED_PEERS_SENT]  # nothing heard yet: id order
+    assert s.view.receive(PEER_B, encode_status(msg(node="pi-b", peer=PEER_B))) is not None
+    m = s.build()
+    assert m.peers == 2 and m.connected_peers[0] == PEER_B
+
+
 def test_message_stays_small_with_many_peers() -> None:
     s = Status(StatusConfig(), FakeHandle(), "n" * 64, PEER_A,
                lambda: LocalFigures(state="degraded", peers=[PEER_B + str(i) for i in range(100)],
