@@ -24,6 +24,7 @@ error (exit 78) ends the process on its own. What is shown is computed by agent/
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import os
 import signal
@@ -91,6 +92,7 @@ class Service:
         self.status: Status | None = None
         self.talk: TalkLike | None = None  # while push-to-talk runs
         self.ready_sent = False
+        self.heap_frozen = False  # gc.freeze() done once the first mesh node is up
         self.peer_id: str | None = None
         self.listen_addresses: list[str] = []
         self.view = ServiceView(self)
@@ -218,6 +220,15 @@ class Service:
                 async with node_class.start(self.mesh_config()) as (node, events):
                     started = True
                     delay = 1.0
+                    if not self.heap_frozen:
+                        # A full (generation-2) garbage collection walks every object: ~110,000
+                        # once py-libp2p is imported and the node is up, 50 ms on this x86 and
+                        # about three times that on a Pi: a stall the playout must conceal when it
+                        # falls inside a talk. What exists now lives as long as the process, so
+                        # it leaves the collector's reach (once: a restarted node's leftovers
+                        # must stay collectable).
+                        gc.freeze()
+                        self.heap_frozen = True
                     self.clear_fault("mesh")
                     await self._with_mesh(node, events)
                     reason = "the mesh node stopped"
