@@ -287,8 +287,7 @@ def test_agent_becomes_active_with_a_status_line(run: Run) -> None:
     run.times["start to active"] = time.monotonic() - t0
     assert run.ct.sh("systemctl is-active avi-agent").stdout.strip() == "active"
     run.ct.wait_for("a STATUS= line with the peer", lambda: "1 peer" in run.ct.prop("StatusText"), timeout=300)
-    status = run.ct.sh("systemctl status avi-agent --no-pager", check=False).stdout
-    text = run.ct.prop("StatusText")
+    status, text = run.ct.status_and_line()
     assert f'Status: "{text}"' in status, status
     assert text.startswith("pi-arm64 ready") and "fake gpio" in text and "fake audio" not in text, text
 

@@ -101,6 +101,18 @@ class Container:
         log = self.sh("journalctl -u avi-agent --no-pager -n 40", check=False).stdout
         raise AssertionError(f"timed out waiting for {what}\n{log}")
 
+    def status_and_line(self, tries: int = 20) -> tuple[str, str]:
+        """`systemctl status avi-agent` and the unit's StatusText as it was when status read it.
+        The agent rewrites STATUS= whenever a figure changes (a peer's first status message):
+        read the text before and after, and take a pair only when it did not change between."""
+        for _ in range(tries):
+            before = self.prop("StatusText")
+            status = self.sh("systemctl status avi-agent --no-pager", check=False).stdout
+            if self.prop("StatusText") == before:
+                return status, before
+            time.sleep(0.3)
+        raise AssertionError(f"STATUS= changed during each of {tries} reads of systemctl status")
+
     def stop(self) -> None:
         if self.pid1 is None and self.nspawn is not None and self.nspawn.poll() is None:
             self.pid1 = self._find_pid1()
@@ -174,9 +186,8 @@ def test_first_boot_installs_and_starts_the_agent(ct: Container) -> None:
 
 def test_status_shows_the_status_line(ct: Container) -> None:
     ct.wait_for("a STATUS= line", lambda: ct.prop("StatusText") != "")
-    status = ct.sh("systemctl status avi-agent --no-pager", check=False).stdout
+    status, text = ct.status_and_line()
     assert "Active: active (running)" in status
-    text = ct.prop("StatusText")
     assert f'Status: "{text}"' in status, status
     assert "peer" in text, text
 
