@@ -20,6 +20,8 @@ A variant sets `AdaptivePlayout` keyword arguments (``NAME:key=value,...``); "ba
 engine's defaults (config/agent.toml's jitter_target_ms / jitter_max_ms). ``memory=1``: each
 talk starts from the delay estimate the previous talk on the same trace learnt (what the
 engine does for the next stream from the same peer); the first talk of a trace starts fresh.
+``dtx=1``: the talker leaves silent packets out as the engine does for a listener that plays
+gaps (agent/talk/dtx.py: hangover, gap marker); each packet sent keeps its slot's delay.
 """
 
 from __future__ import annotations
@@ -52,8 +54,10 @@ def playout_kwargs() -> dict[str, Any]:
     return {"min_delay_us": tc.jitter_target_ms * 1000, "max_delay_us": tc.jitter_max_ms * 1000}
 
 
-def encode(speech: np.ndarray, bitrate: int, frame_ms: int) -> list[tuple[int, bytes]]:
-    """(capture time µs of the packet's first sample, Opus packet) for the speech."""
+def encode(speech: np.ndarray, bitrate: int, frame_ms: int) -> list[tuple[int, bytes, bool]]:
+    """(capture time µs of the packet's first sample, Opus packet, silent) for the speech."""
+    from agent.talk.dtx import DTX_SILENCE_RMS
+    from agent.talk.stretch import rms
     from agent.talk.codec import OpusCodec, OpusSettings
     from hw.audio.base import AudioFormat
 
@@ -62,30 +66,48 @@ def encode(speech: np.ndarray, bitrate: int, frame_ms: int) -> list[tuple[int, b
     out = []
     fs = fmt.frame_samples
     per_packet = frame_ms * 1000 // FRAME_US
+    loud = False
     for i in range(len(speech) // fs):
-        p = enc.encode(speech[i * fs:(i + 1) * fs].tobytes())
+        frame = speech[i * fs:(i + 1) * fs]
+        loud = loud or rms(frame) >= DTX_SILENCE_RMS
+        p = enc.encode(frame.tobytes())
         if p is not None:
-            out.append(((i + 1 - per_packet) * FRAME_US, p))
+            out.append(((i + 1 - per_packet) * FRAME_US, p, not loud))
+            loud = False
     return out
 
 
-def replay(packets: list[tuple[int, bytes]], delays_ms: list[float], kwargs: dict[str, Any],
+def dtx_packets(packets: list[tuple[int, bytes, bool]], frame_ms: int) -> list[tuple[int, int, bytes]]:
+    """(slot, capture time, payload) of the packets a DTX talker sends (markers: empty payload)."""
+    from agent.talk.dtx import Dtx, DtxGate, hangover_packets
+
+    gate = DtxGate(hangover_packets(frame_ms))
+    out = []
+    for slot, (ts, payload, silent) in enumerate(packets):
+        d = gate.decide(silent)
+        if d is not Dtx.SKIP:
+            out.append((slot, ts, payload if d is Dtx.SEND else b""))
+    return out
+
+
+def replay(packets: list[tuple[int, int, bytes]], delays_ms: list[float], kwargs: dict[str, Any],
            phase_us: int = 7_000) -> tuple[np.ndarray, list[float], dict[str, Any]]:
     """Play ``packets`` arriving after ``delays_ms`` (one per packet, from its send time) through
     a playout; (output samples, mouth-to-ear ms of each pulled frame with audio, stats; stats'
-    "estimator" is the playout's, for the next talk's ``prior``)."""
+    "estimator" is the playout's, for the next talk's ``prior``). ``packets``: (slot, capture
+    time, payload); a packet sent in slot k arrives after ``delays_ms[k]``."""
     from agent.talk.codec import make_codec
     from agent.talk.playout import AdaptivePlayout
     from hw.audio.base import AudioFormat
 
     fmt = AudioFormat()
     po = AdaptivePlayout(fmt, lambda c: make_codec(c, fmt), **kwargs)
-    packet_us = packets[1][0] - packets[0][0]
+    packet_us = packets[1][1] - packets[0][1]
     arrivals = []
     last = 0
-    for seq, ((ts, payload), d) in enumerate(zip(packets, delays_ms)):
+    for seq, (slot, ts, payload) in enumerate(packets):
         sent = ts + packet_us  # a packet leaves once its last frame is captured
-        last = max(last, sent + int(d * 1000))  # TCP delivers in order (measured traces already are)
+        last = max(last, sent + int(delays_ms[slot] * 1000))  # TCP delivers in order
         arrivals.append((last, seq, ts, payload))
     close_at = arrivals[-1][0] + 1
     out: list[bytes] = []
@@ -114,7 +136,7 @@ def replay(packets: list[tuple[int, bytes]], delays_ms: list[float], kwargs: dic
             break
     st = po.stats()
     return (np.frombuffer(b"".join(out), dtype="<i2"), lat,
-            {"concealed": st.concealed, "stretched_ms": st.stretched_ms, "late": st.late,
+            {"concealed": st.concealed, "stretched_ms": st.stretched_ms, "late": st.late, "sent": len(packets),
              "estimator": po.estimator})
 
 
@@ -185,11 +207,13 @@ def main() -> int:
             kw = dict(kw0)
             pesq, stoi, conc, stretch, p50, p95, p99 = [], [], [], [], [], [], []
             memory = bool(kw.pop("memory", 0))
+            sent = dtx_packets(packets, args.frame_ms) if kw.pop("dtx", 0) else \
+                [(k, ts, p) for k, (ts, p, _) in enumerate(packets)]
             prior = None
             for s0 in starts:
                 if memory:
                     kw["prior"] = prior
-                out, lat, st = replay(packets, d[s0:s0 + n], kw)
+                out, lat, st = replay(sent, d[s0:s0 + n], kw)
                 prior = st["estimator"]
                 sc = score(ref, out)
                 pesq.append(sc.pesq_wb)
@@ -199,7 +223,7 @@ def main() -> int:
                 p50.append(percentile(lat, 50, math.nan))
                 p95.append(percentile(lat, 95, math.nan))
                 p99.append(percentile(lat, 99, math.nan))
-            print(f"| {tr['loss']:g} % | {tr['setting']} | {name} | {len(starts)} | {fmt_range(pesq)} | "
+            print(f"| {tr['loss']:g} % | {tr['setting']} | {name} ({len(sent)} packets) | {len(starts)} | {fmt_range(pesq)} | "
                   f"{fmt_range(stoi, 3)} | {fmt_range(conc, 0)} | {fmt_range(stretch, 0)} | "
                   f"{median(p50):.0f} / {median(p95):.0f} / {median(p99):.0f} | {max(p95):.0f} |", flush=True)
     return 0

@@ -43,11 +43,12 @@ def speech_tools_missing() -> str | None:
 
 def make_speech_wav(path: Path, text: str = HARVARD, *, lead_s: float = 0.3, tail_s: float = 0.3) -> Path:
     """Speak ``text`` with espeak-ng and write it as 16 kHz mono S16LE with ``lead_s`` / ``tail_s``
-    of silence around it (deterministic: same text, same samples)."""
+    of silence around it (deterministic: same text, same samples; sox -R: its dither seeded, whose
+    random noise had made every WAV, and so every score, a little different)."""
     raw = path.with_suffix(".espeak.wav")
     subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(raw), text], check=True,
                    capture_output=True, timeout=60)
-    subprocess.run(["sox", str(raw), "-r", str(RATE), "-c", "1", "-b", "16", "-e", "signed-integer",
+    subprocess.run(["sox", "-R", str(raw), "-r", str(RATE), "-c", "1", "-b", "16", "-e", "signed-integer",
                     str(path), "pad", str(lead_s), str(tail_s)], check=True, capture_output=True, timeout=60)
     raw.unlink(missing_ok=True)
     return path

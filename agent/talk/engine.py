@@ -34,6 +34,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
+import numpy as np
 import trio
 
 from agent.config import AgentConfig, TalkConfig
@@ -47,12 +48,14 @@ from hw.gpio.base import Button, Led, LedPattern
 
 from .codec import (CODEC_NAMES, OPUS, PCM_S16LE, Codec, CodecError, OpusCodec, OpusSettings, choose_codec,
                     codec_ids, codec_names, common_codec, known_codecs, make_codec)
+from .dtx import DTX_FEATURE, DTX_SILENCE_RMS, Dtx, DtxGate, hangover_packets
 from .groups import TOPIC, GroupDirectory, admission, encode_announcement, parse_announcement
 from .playout import AdaptivePlayout, DelayEstimator
 from .latency import LatencyWindow
 from .mixer import Mixer
 from .outqueue import DropOldestQueue
 from .relay import PLAN_TOPIC, RelayPlan, RelayTable, adopt, encode_plan, parse_plan, plan_tree
+from .stretch import rms
 
 if TYPE_CHECKING:  # the mesh node's module loads py-libp2p: only its type is needed here
     from agent.mesh import AviP2pHandle
@@ -167,6 +170,7 @@ class _Out:
     stream_id: StreamId | None = None
     accepted: bool = False
     codec: int = PCM_S16LE
+    dtx: bool = False  # silent packets left out (the listener announced it plays gaps as silence)
 
 
 @dataclass(eq=False)
@@ -259,7 +263,10 @@ class Talk:
         # This press's latest payloads per codec, for streams still opening (bounded: PREROLL_FRAMES).
         self._preroll: dict[int, deque[tuple[bytes, int]]] = {}
         self._packet_ts: dict[int, int] = {}  # codec -> capture time of the packet being filled
+        self._packet_loud: dict[int, bool] = {}  # codec -> a frame of the packet being filled is not silent
         self._press_codec: int | None = None  # one codec for a relayed press, None: per listener
+        self._press_dtx: bool | None = None   # a relayed press: may its frames have gaps (all members)
+        self._gates: dict[StreamId, DtxGate] = {}  # our DTX streams' gap decisions
         self._stuck = False
         self._nursery: trio.Nursery | None = None
         self._announce_wake = trio.Event()
@@ -499,6 +506,7 @@ class Talk:
         self._preroll.clear()
         self._encoders.clear()  # fresh encoder state per press
         self._packet_ts.clear()
+        self._packet_loud.clear()
         self._tx_gen += 1
         self._tx_since = trio.current_time()
         self._skipped_peers.clear()
@@ -514,6 +522,8 @@ class Talk:
         relayed = any(plan.children(c) for c in plan.children(me))
         self._press_codec = common_codec(self.preferred_codecs(), [self._decodes(PeerId(m)) for m in
                                                                   plan.members()]) if relayed else None
+        # Relayed frames reach every member unchanged, gaps included: only if all play gaps.
+        self._press_dtx = all(self._plays_gaps(PeerId(m)) for m in plan.members()) if relayed else None
         if members:
             log.info("talking to group %s: %d member(s), %d direct, relay depth %d", group, len(members),
                      len(plan.children(me)), plan.depth(), extra={"group": group})
@@ -546,6 +556,7 @@ class Talk:
         for e in entries:
             if e.stream_id is not None:
                 self._out_by_sid.pop(e.stream_id, None)
+                self._gates.pop(e.stream_id, None)
                 self._spawn(self._close_quietly, e.stream_id)
         log.info("stopped talking (%s) after %.1f s", why, trio.current_time() - self._tx_since)
         self._update_led()
@@ -567,7 +578,7 @@ class Talk:
                 log.info("%s joined during the talk: not streaming to it, talk.relay_fanout (%d) "
                          "reached", peer, limit, extra={"peer": peer})
             return
-        entry = _Out(peer, self._tx_gen, codec=self._codec_for(peer))
+        entry = _Out(peer, self._tx_gen, codec=self._codec_for(peer), dtx=self._dtx_for(peer))
         self._encoder_for(entry.codec)
         self._out[peer] = entry
         self._spawn(self._request, entry)
@@ -657,6 +668,15 @@ class Talk:
             return self._press_codec
         return choose_codec(self.preferred_codecs(), self._decodes(peer))
 
+    def _plays_gaps(self, peer: PeerId) -> bool:
+        ann = self._dir.get(peer)
+        return ann is not None and DTX_FEATURE in ann.features
+
+    def _dtx_for(self, peer: PeerId) -> bool:
+        """Leave silent packets out of the stream to ``peer``: DTX is on here, the peer plays
+        gaps as silence, and (a relayed press) so does every member its frames reach."""
+        return self.talk_config.dtx and self._plays_gaps(peer) and self._press_dtx is not False
+
     def _encoder_for(self, codec: int) -> Codec:
         enc = self._encoders.get(codec)
         if enc is None:
@@ -679,12 +699,15 @@ class Talk:
                 if self.capture_meter.window_done:
                     await self._capture_idle()
                 continue
+            loud = rms(np.frombuffer(pcm, dtype="<i2")) >= DTX_SILENCE_RMS
             for codec, enc in list(self._encoders.items()):
                 self._packet_ts.setdefault(codec, frame.timestamp_us)
+                self._packet_loud[codec] = self._packet_loud.get(codec, False) or loud
                 payload = enc.encode(pcm)
                 if payload is None:
                     continue  # a packet of several frames is being filled
-                await self._send_payload(codec, payload, self._packet_ts.pop(codec))
+                await self._send_payload(codec, payload, self._packet_ts.pop(codec),
+                                         silent=not self._packet_loud.pop(codec))
 
     async def _capture_idle(self) -> None:
         """Not transmitting, a level window complete: stop the microphone until the next window
@@ -696,15 +719,26 @@ class Talk:
         with trio.move_on_after(IDLE_METER_S):
             await self._capture_wake.wait()
 
-    async def _send_payload(self, codec: int, payload: bytes, ts: int) -> None:
+    async def _send_payload(self, codec: int, payload: bytes, ts: int, *, silent: bool = False) -> None:
         self._preroll[codec].append((payload, ts))
-        n = self._encoders[codec].frames_in(payload)
+        enc = self._encoders[codec]
+        n = enc.frames_in(payload)
         for entry in list(self._out.values()):
             sid = entry.stream_id
             if sid is None or sid in self._prerolling or entry.codec != codec:
-                continue  # still opening: _request sends the pre-roll once it is open
+                continue  # still opening: _request sends the pre-roll (every packet) once it is open
+            send = payload
+            if entry.dtx:
+                gate = self._gates.get(sid)
+                if gate is None:
+                    gate = self._gates[sid] = DtxGate(hangover_packets(n * self.format.frame_us // 1000))
+                decision = gate.decide(silent)
+                if decision is Dtx.SKIP:
+                    continue
+                if decision is Dtx.MARKER:
+                    send = b""  # the gap marker: silence from here until the next packet's timestamp
             try:
-                if await self._send_frame(sid, payload, ts, codec):
+                if await self._send_frame(sid, send, ts, codec) and send:
                     self.frames_sent += n
             except UnknownStreamError:
                 self._forget_out(sid)
@@ -713,6 +747,7 @@ class Talk:
 
     def _forget_out(self, sid: StreamId) -> PeerId | None:
         self._sent_ts.pop(sid, None)
+        self._gates.pop(sid, None)
         peer = self._out_by_sid.pop(sid, None)
         if peer is not None:
             entry = self._out.get(peer)
@@ -876,7 +911,10 @@ class Talk:
         return ins
 
     def _frames_in(self, codec: int, payload: bytes) -> int:
-        """Capture frames in a payload (1 when it cannot be told: the playout counts it lost)."""
+        """Capture frames in a payload (1 when it cannot be told: the playout counts it lost; 0
+        in a DTX gap marker)."""
+        if not payload:
+            return 0
         counter = self._frame_counters.get(codec)
         try:
             if counter is None:
@@ -913,6 +951,7 @@ class Talk:
 
     def _on_closed(self, peer: PeerId, sid: StreamId, reason: str) -> None:
         self._sent_ts.pop(sid, None)
+        self._gates.pop(sid, None)
         if self._pending.pop(sid, None) is not None:
             return
         ins = self._in.get(sid)
@@ -1050,7 +1089,8 @@ class Talk:
     def _announcement(self) -> bytes:
         tc = self.talk_config
         decodes = sorted(known_codecs(), key=lambda c: (c != OPUS, c))  # best first
-        return encode_announcement(self.config.node.name, tc.groups, tc.active_group, codec_names(decodes))
+        return encode_announcement(self.config.node.name, tc.groups, tc.active_group, codec_names(decodes),
+                                   features=(DTX_FEATURE,))
 
     async def _announce_loop(self) -> None:
         while True:
@@ -1131,6 +1171,7 @@ class Talk:
             ins.relay_out.clear()
         self._relay_sids.clear()
         self._out.clear()
+        self._gates.clear()
         self._pending.clear()
         self._tx = False
         self._update_led()

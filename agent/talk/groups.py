@@ -7,7 +7,10 @@ a receiver accepts a stream only from a peer whose ``current`` group is one of i
 (the group the sender talks to), and rejects it with a reason otherwise. ``codecs`` (added
 later within v1, so older nodes ignore it) lists the codecs the node decodes, best first; a
 node that announces none (the first version) decodes PCM S16LE only. A talker picks each
-receiver's codec from it (codec.choose_codec).
+receiver's codec from it (codec.choose_codec). ``features`` (added later still, ignored by
+older nodes) lists what else the node's receiving side understands: ``"dtx"`` = it plays a
+talker's gap markers as silence (dtx.py), so a talker may leave out silent packets to it; a
+node that announces no features gets every packet.
 
 The announcement rides on pub/sub rather than in the stream request because the mesh's
 stream protocol has no room for metadata, and because senders need the groups of peers
@@ -35,13 +38,17 @@ class Announcement:
     groups: tuple[str, ...]
     current: str
     codecs: tuple[str, ...] | None = None  # decodable codec names; None: not announced (PCM only)
+    features: tuple[str, ...] = ()         # receiving features (e.g. "dtx"); none from older nodes
 
 
 def encode_announcement(name: str, groups: list[str] | tuple[str, ...], current: str,
-                        codecs: list[str] | tuple[str, ...] | None = None) -> bytes:
+                        codecs: list[str] | tuple[str, ...] | None = None,
+                        features: list[str] | tuple[str, ...] = ()) -> bytes:
     obj: dict[str, object] = {"v": 1, "name": name, "groups": list(groups), "current": current}
     if codecs is not None:
         obj["codecs"] = list(codecs)
+    if features:
+        obj["features"] = list(features)
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
@@ -67,7 +74,11 @@ def parse_announcement(data: bytes) -> Announcement | None:
         if not isinstance(codecs, list) or len(codecs) > 16:
             return None
         codecs = tuple(c[:16] for c in codecs if isinstance(c, str))
-    return Announcement(name[:64], tuple(groups), current, codecs)
+    features = obj.get("features", [])
+    if not isinstance(features, list) or len(features) > 16:
+        return None
+    return Announcement(name[:64], tuple(groups), current, codecs,
+                        tuple(f[:16] for f in features if isinstance(f, str)))
 
 
 class GroupDirectory:

@@ -24,6 +24,18 @@ slower than it came.
   oldest packets are dropped (counted as overflow: only after an outage longer than the
   buffer). After ``max_delay`` of waiting with nothing arriving the stream goes quiet and
   re-buffers when frames come again.
+- **Gaps (DTX)**: a packet with an empty payload is a talker's gap marker (dtx.py): the talker
+  sends nothing more until speech comes back. From the marker's slot the playout plays silence,
+  which is neither concealment nor a stall (nothing counted, no rebuffering, nothing fed to the
+  delay estimate, whose transit-based samples do not see the gap anyway), and the first packet
+  after the gap plays at its capture timestamp: the silence lasts exactly as long as the
+  talker's did. Only if more than the target is already buffered by then, or playing it at
+  its timestamp would put it more than ``max_delay`` behind the fastest transit seen, the
+  silence is cut short there (excess delay is shed where it costs nothing). A gap never
+  lengthens: replayed rig traces scored worse when gaps deepened the buffer (the timeline of
+  the speech moves; bench/playout_replay.py). A packet after the gap that is late starts at
+  once (the delay grows as after a stall, and is shed later). Silence played in gaps is
+  counted in ``gap_ms``.
 - **Close**: after `close()` what is buffered plays out; then `drained` is true.
 """
 
@@ -75,6 +87,7 @@ class PlayoutStats:
     silence_ms: float      # silence dropped or inserted
     delay_ms: float        # current buffer delay (packets + decoded, not yet played)
     target_ms: float       # current target delay
+    gap_ms: float = 0.0    # silence played for the talker's DTX gaps (not concealment)
 
     @property
     def stretched_ms(self) -> float:
@@ -127,6 +140,12 @@ class DelayEstimator:
         hist[:n] = other._hist[:n]
         hist[-1] += other._hist[n:].sum()
         self._hist = hist
+
+    @property
+    def base_transit_us(self) -> int:
+        """The fastest transit (arrival - capture timestamp, clocks' offset included) of the
+        last ``base_window_us``; 0 before the first packet."""
+        return self._base[0][1] if self._base else 0
 
     @property
     def target_us(self) -> int:
@@ -189,6 +208,10 @@ class AdaptivePlayout:
         self._sync = np.zeros(0, dtype=np.int16)                  # decoded, interleaved
         self._segs: deque[list[int | None]] = deque()             # [samples per channel, ts or None]
         self._wait_us = 0                                         # concealed while stalled
+        self._markers: set[int] = set()                           # buffered gap markers (seq)
+        self._gap: tuple[int, float] | None = None                # in a gap: (marker ts, its play time)
+        self.gaps = 0
+        self.gap_us = 0.0
         self._level: float | None = None
         self._recent: deque[int] = deque(maxlen=256)
         self._recent_set: set[int] = set()
@@ -221,13 +244,16 @@ class AdaptivePlayout:
 
     def delay_us(self) -> float:
         """Audio buffered and not played yet: decoded samples plus packets."""
-        return self._sync.size / self._ch * self._us_per_sample + len(self._packets) * self._packet_us
+        return self._sync_us() + (len(self._packets) - len(self._markers)) * self._packet_us
+
+    def _sync_us(self) -> float:
+        return self._sync.size / self._ch * self._us_per_sample
 
     def stats(self) -> PlayoutStats:
         return PlayoutStats(self.pushed, self.decoded, self.concealed, self.lost, self.late,
                             self.duplicates, self.overflow, self.rebuffers,
                             self.accelerated_us / 1000, self.expanded_us / 1000, self.silence_us / 1000,
-                            self.delay_us() / 1000, self.target_us / 1000)
+                            self.delay_us() / 1000, self.target_us / 1000, self.gap_us / 1000)
 
     def close(self) -> None:
         self.closed = True
@@ -242,11 +268,13 @@ class AdaptivePlayout:
             return Push.LATE
         self.pushed += 1
         self.estimator.add(now_us, timestamp_us)
-        if self._max_seq is not None and seq == self._max_seq + 1:
+        if self._max_seq is not None and seq == self._max_seq + 1 and payload:
             prev = self._packets.get(self._max_seq)
-            if prev is not None and 0 < timestamp_us - prev[0] <= 200_000:
+            if prev is not None and prev[1] and 0 < timestamp_us - prev[0] <= 200_000:
                 self._packet_us = timestamp_us - prev[0]  # 20 ms, or 40 ms for Opus 40 ms packets
         self._packets[seq] = (timestamp_us, payload, codec)
+        if not payload:
+            self._markers.add(seq)
         if self._first_arrival is None:
             self._first_arrival = now_us
         if self._max_seq is None or seq > self._max_seq:
@@ -259,6 +287,7 @@ class AdaptivePlayout:
         while len(self._packets) > limit:
             oldest = min(self._packets)
             del self._packets[oldest]
+            self._markers.discard(oldest)
             self._remember(oldest)
             self.overflow += 1
             dropped = True
@@ -296,12 +325,19 @@ class AdaptivePlayout:
         """Append decoded or concealed audio to the sync buffer; False when there is nothing more
         to play (closed and empty, or gone quiet)."""
         assert self._next is not None
+        if self._gap is not None:
+            return self._produce_gap(now_us)
         item = self._packets.pop(self._next, None)
         if item is not None:
             ts, payload, codec = item
             self._remember(self._next)
             self._next += 1
             self._wait_us = 0
+            if not payload:  # the talker's gap marker: silence until the next packet's timestamp
+                self._markers.discard(self._next - 1)
+                self._gap = (ts, now_us + self._sync_us())
+                self.gaps += 1
+                return self._produce_gap(now_us)
             dec = self._decoder_for(codec)
             try:
                 pcm = np.frombuffer(dec.decode(payload), dtype="<i2")
@@ -324,11 +360,39 @@ class AdaptivePlayout:
         # nothing here: a stall. Conceal while waiting for it, up to max_delay, then go quiet.
         if self._wait_us >= self.max_delay_us:
             self._started = False
+            self._gap = None
             self._first_arrival = None
             self.rebuffers += 1
             return False
         self._wait_us += self.format.frame_us
         self._conceal(None)
+        return True
+
+    def _produce_gap(self, now_us: int) -> bool:
+        """In a gap: append silence up to the next packet's slot (its timestamp after the
+        marker's, from the marker's play time); False when closed with nothing left."""
+        assert self._gap is not None and self._next is not None
+        ts0, at0 = self._gap
+        pos = now_us + self._sync_us()  # when the next appended sample plays
+        nxt = self._packets.get(self._next)
+        n = self._fs
+        if nxt is not None:
+            due = at0 + (nxt[0] - ts0)
+            buffered = self.delay_us() - self._sync_us()
+            over = pos - nxt[0] - self.estimator.base_transit_us  # its delay over the fastest, if now
+            if pos >= due - self._us_per_sample / 2 or buffered > self.target_us or over > self.max_delay_us:
+                self._gap = None  # at its timestamp; or earlier, shedding delay in silence
+                return True
+            n = max(1, min(n, round((due - pos) / self._us_per_sample)))
+        elif self._packets:  # the packet after the marker never came (dropped): go on with the rest
+            self._gap = None
+            return True
+        elif self.closed:
+            self._gap = None
+            self._started = False
+            return False
+        self.gap_us += n * self._us_per_sample
+        self._append(np.zeros(n * self._ch, dtype=np.int16), None)
         return True
 
     def _decoder_for(self, codec: int) -> Codec:

@@ -16,7 +16,7 @@ from agent.measure import ToneAnalysis, analyse_tone, read_wav
 from agent.mesh import AviP2p, AviP2pConfig, Event
 from agent.talk import Talk
 from tests.poll import wait_until
-from hw.audio.fake import NullSink, ToneSource, WavSink
+from hw.audio.fake import NullSink, ToneSource, WavSink, WavSource
 from hw.gpio.fake import FakeButton, FakeLed
 
 RATE = 16000
@@ -48,13 +48,16 @@ class Agent:
 
 @asynccontextmanager
 async def agent(name: str, tmp: Path, *, freq: float = 440.0, groups: tuple[str, ...] = ("default",),
-                current: str | None = None, record: bool = True, **talk: Any) -> AsyncIterator[Agent]:
+                current: str | None = None, record: bool = True, source_wav: Path | None = None,
+                **talk: Any) -> AsyncIterator[Agent]:
+    """``source_wav``: the microphone loops this WAV instead of a ``freq`` tone."""
     cfg = AgentConfig(node={"name": name},
                       talk={"groups": list(groups), "current_group": current, **talk})
     wav = tmp / f"{name}.wav" if record else None
     async with AsyncExitStack() as stack:
         node, events = await stack.enter_async_context(AviP2p.start(AviP2pConfig.local_only(node_name=name)))
-        source = await stack.enter_async_context(ToneSource(frequency_hz=freq, level=0.5))
+        source = await stack.enter_async_context(WavSource(source_wav, loop=True) if source_wav
+                                                 else ToneSource(frequency_hz=freq, level=0.5))
         sink = await stack.enter_async_context(WavSink(wav) if wav else NullSink())
         button = await stack.enter_async_context(FakeButton())
         led = await stack.enter_async_context(FakeLed("idle"))

@@ -287,3 +287,105 @@ def test_a_stream_that_starts_from_the_last_streams_estimate_rides_out_its_first
     other = DelayEstimator(min_us=40_000, max_us=400_000, bucket_us=5_000)
     other.learn_from(first.estimator)
     assert other.target_us == 40_000
+
+
+# --- DTX gaps: a talker's gap marker (empty payload), then nothing until speech comes back -----
+
+def talk_with_gap(gap_frames: int, *, before: int = 10, after: int = 10, transit_us: int = 5_000,
+                  late_us: int = 0) -> list[tuple[int, int, int, bytes]]:
+    """(arrival, seq, timestamp, payload): ramp frames 0..before-1, the gap marker (timestamp of
+    the first silent slot), then ramp frames ``before``.. with timestamps ``gap_frames`` later;
+    ``late_us``: the frames after the gap are held back that long more (a stall)."""
+    out = [(s * F + transit_us, s, s * F, ramp_frame(s)) for s in range(before)]
+    out.append((before * F + transit_us, before, before * F, b""))
+    held = 0
+    for k in range(after):
+        ts = (before + gap_frames + k) * F
+        held = max(held, ts + transit_us + (late_us if k == 0 else 0))  # TCP: in order
+        out.append((held, before + 1 + k, ts, ramp_frame(before + k)))
+    return sorted(out)
+
+
+def run_ts(p: AdaptivePlayout, arrivals: list[tuple[int, int, int, bytes]], until_us: int,
+           close: bool = True) -> list[tuple[int, bytes | None, int | None]]:
+    """Push (arrival, seq, ts, payload) in time order, pull every 20 ms: (pull time, pcm, ts)."""
+    out: list[tuple[int, bytes | None, int | None]] = []
+    i, now = 0, 0
+    while now < until_us:
+        while i < len(arrivals) and arrivals[i][0] <= now:
+            at, seq, ts, data = arrivals[i]
+            p.push(seq, ts, data, at)
+            i += 1
+        if close and i == len(arrivals) and not p.closed:
+            p.close()
+        got = p.pull(now)
+        out.append((now, None if got is None else got.pcm, None if got is None else got.timestamp_us))
+        now += F
+    return out
+
+
+def delays(out: list[tuple[int, bytes | None, int | None]]) -> dict[int, int]:
+    """Capture timestamp of each played frame -> pull time minus it (the playout's delay)."""
+    return {ts: t - ts for t, _, ts in out if ts is not None}
+
+
+def test_a_dtx_gap_plays_as_silence_and_speech_after_it_plays_at_its_timestamp() -> None:
+    p = po()
+    gap = 50  # 1 s: longer than max_delay, which a stall would have ended in a rebuffer
+    out = run_ts(p, talk_with_gap(gap), (10 + gap + 10) * F + 300_000)
+    assert levels([o for _, o, _ in out]) == [*range(10)] + [-1] * gap + [*range(10, 20)] or \
+        ramp_values([o for _, o, _ in out]) == list(range(20))
+    d = delays(out)
+    before = {d[s * F] for s in range(10)}
+    after = {d[(10 + gap + k) * F] for k in range(10)}
+    assert len(before) == 1 and after == before, (before, after)  # the same delay on both sides
+    st = p.stats()
+    assert st.concealed == st.lost == st.late == st.rebuffers == 0
+    assert st.gap_ms == gap * F / 1000  # exactly the talker's silence
+    # the silence is silence
+    silent = [o for t, o, ts in out if o is not None and ts is None]
+    assert len(silent) == gap and all(not any(o) for o in silent)
+
+
+def test_speech_late_after_a_gap_starts_at_once_and_nothing_is_concealed() -> None:
+    p = po()
+    gap, late = 20, 200_000
+    arr = talk_with_gap(gap, late_us=late)
+    out = run_ts(p, arr, (10 + gap + 10) * F + 600_000)
+    assert ramp_values([o for _, o, _ in out]) == list(range(20))
+    first_after = (10 + gap) * F
+    arrival = next(a for a, _, ts, _ in arr if ts == first_after)
+    played_at = min(t for t, _, ts in out if ts == first_after)
+    assert arrival <= played_at < arrival + F  # at the first pull after it arrived
+    st = p.stats()
+    assert st.concealed == 0 and st.rebuffers == 0
+    assert st.gap_ms >= gap * F / 1000  # the wait for it was played as the gap's silence
+
+
+def test_a_gap_sheds_excess_delay_and_a_gap_at_the_end_drains() -> None:
+    # A stall at the start makes the buffer deep (300 ms); with a short memory the target comes
+    # back down before the gap, and the delay still held in excess is shed in the gap's silence.
+    p = po(forget_s=0.3)
+    n, gap = 100, 25
+    arr = [(max(s * F + 5_000, 15 * F + 5_000), s, s * F, voiced(1, start=s)[0]) for s in range(n)]
+    arr.append((n * F + 5_000, n, n * F, b""))
+    arr += [((n + gap + k) * F + 5_000, n + 1 + k, (n + gap + k) * F, voiced(1, start=n + k)[0]) for k in range(20)]
+    arr.append(((n + gap + 20) * F + 5_000, n + 21, (n + gap + 20) * F, b""))  # a gap, then the close
+    out = run_ts(p, sorted(arr), (n + gap + 40) * F + 800_000)
+    played = [(ts, t - ts) for t, _, ts in out if ts is not None]
+    before = [dl for ts, dl in played if ts < n * F][-1]
+    after = next(dl for ts, dl in played if ts >= (n + gap) * F)
+    assert after < before - F, (before, after)  # the gap was cut short
+    assert after >= p.stats().target_ms * 1000 - F  # ... not below what the link needs
+    st = p.stats()
+    assert st.concealed <= 16 and st.rebuffers == 0  # (the stall at the start, not the gaps)
+    assert p.drained  # closed in a gap: drained, nothing waits for a packet that will not come
+
+
+def test_gap_markers_do_not_count_as_audio_or_teach_the_packet_length() -> None:
+    p = po()
+    p.push(0, 0, ramp_frame(0), 1_000)
+    p.push(1, F, b"", 1_000 + F)
+    assert p.delay_us() == F  # the marker is no audio
+    p.push(2, 9 * F, ramp_frame(1), 1_000 + 9 * F)  # 160 ms later: a gap, not a 160 ms packet
+    assert p.delay_us() == 2 * F
