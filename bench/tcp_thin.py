@@ -137,6 +137,7 @@ def main() -> int:
         ("route-rto-min 20ms", [], True),
         ("route-rto-min + thin-linear", ["thin"], True),
         ("sockopt-rto-min 20ms + thin-linear", ["rtomin=20000", "thin"], False),
+        ("sockopt-rto-min 30ms", ["rtomin=30000"], False),
         ("sockopt-rto-min 40ms", ["rtomin=40000"], False),
         ("sockopt-rto-min 50ms", ["rtomin=50000"], False),
     ]
