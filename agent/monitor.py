@@ -267,7 +267,7 @@ class Monitor:
                             n.start_soon(self._identify_loop)
                         async for event in events:
                             if isinstance(event, Message) and event.topic == self.config.status.topic:
-                                if self.view.receive(event.peer_id, event.data, event.age_s) is not None:
+                                if self.view.receive(event.peer_id, event.data, event.age_s, event.seqno) is not None:
                                     self._dirty.set()
                                     self._bump()
         finally:

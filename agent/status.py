@@ -1,8 +1,9 @@
 """Fleet status: the versioned status message, its publisher, and the view of the other nodes.
 
 Every node publishes a :class:`StatusMessage` (JSON, ``"v": 1``) on the status topic every
-``status.interval_s`` seconds and as soon as something a person would notice changes (peers,
-streams, state, last error, fleet size). Every node (and ``avi-agent monitor``) keeps a
+``status.interval_s`` seconds (longer in a big fleet: see ``FLEET_STATUS_RATE``) and as soon as
+something a person would notice changes (state, last error, talk, streams); the counts of
+connections and of nodes seen go with the next message. Every node (and ``avi-agent monitor``) keeps a
 :class:`FleetView` of the others with last-seen times; a node not heard from for
 ``status.stale_after_s`` is shown as stale. A peer's message that is oversized, not JSON, of an
 unknown version, or claims another peer's id is dropped and counted; it never reaches the view.
@@ -222,6 +223,7 @@ class _Slot:
     status: StatusMessage
     last_seen: float
     messages: int = 1
+    seqno: int = 0  # the origin's pub/sub sequence number of `status` (0: unknown)
 
 
 class FleetView:
@@ -260,9 +262,16 @@ class FleetView:
         """Whether `peer_id` is a node of the fleet (we hold a status message of it)."""
         return peer_id in self._nodes
 
-    def receive(self, from_peer: str, data: bytes, age_s: float = 0.0) -> StatusMessage | None:
-        """Take one message off the status topic; returns it, or None when it was dropped.
-        `age_s`: how long a neighbour held it before handing it over (retained message)."""
+    def receive(self, from_peer: str, data: bytes, age_s: float = 0.0, seqno: int = 0) -> StatusMessage | None:
+        """Take one message off the status topic; returns it, or None when it was dropped or is
+        older than the one we hold. `age_s`: how long a neighbour held it before handing it over
+        (retained message); `seqno`: the origin's pub/sub sequence number (Message.seqno), which
+        orders its messages, also across its restarts. Messages do arrive out of order: a node's
+        first messages, published before it had peers, reach them late (GossipSub replays its
+        recent messages to a new peer) and after its later ones; the latest to arrive winning,
+        a node's view went back to a first message ("starting", a 5 s interval) and marked that
+        node stale 15 s later, although it had heard from it since (at N = 50: 1-6 nodes stale
+        in the views of the last nodes to start)."""
         try:
             msg = decode_status(data, from_peer, self.max_message_bytes)
         except StatusRejected as exc:
@@ -278,21 +287,25 @@ class FleetView:
             return None
         now = self._clock() - max(0.0, age_s)
         slot = self._nodes.get(msg.peer_id)
-        if slot is not None and now < slot.last_seen:
-            return None  # a retained copy older than what we have
+        if slot is not None:
+            if seqno and slot.seqno:
+                if seqno <= slot.seqno:
+                    return None  # the same message again, or an older one arriving late
+            elif now < slot.last_seen:
+                return None  # (no sequence numbers) a retained copy older than what we have
         if slot is None:
             if len(self._nodes) >= self.max_nodes:
                 self._evict_one()
-            self._nodes[msg.peer_id] = _Slot(msg, now)
+            self._nodes[msg.peer_id] = _Slot(msg, now, seqno=seqno)
             # The first few at INFO; in a big fleet the rest at DEBUG (49 lines per node otherwise).
             level = logging.INFO if self._first_logged < FIRST_STATUS_LOGGED else logging.DEBUG
             self._first_logged += 1
             log.log(level, "fleet: first status from %s (%s)", msg.node, msg.peer_id,
                     extra={"peer": msg.peer_id})
         else:
-            # The latest to arrive wins: messages are seconds apart, and a restarted node
-            # legitimately starts again at seq 0.
-            slot.status, slot.last_seen = msg, now
+            # Newer by sequence number (or, without one, the latest to arrive: a restarted node
+            # starts again at seq 0, so the status's own seq cannot order runs).
+            slot.status, slot.last_seen, slot.seqno = msg, max(now, slot.last_seen), seqno
             slot.messages += 1
         self._accepted += 1
         return msg
@@ -420,12 +433,11 @@ class Status:
         self._reconfigured.set()
 
     def handle_message(self, msg: Message) -> StatusMessage | None:
+        # The fleet size we report is not a change worth a message of its own (see _change_key):
+        # it goes out with the next one.
         if msg.topic != self.config.topic:
             return None
-        got = self.view.receive(msg.peer_id, msg.data, getattr(msg, "age_s", 0.0))
-        if got is not None and self._last_key is not None and self.view.fresh_count() != self._last_key[-1]:
-            self.poke()  # the fleet size we report changed
-        return got
+        return self.view.receive(msg.peer_id, msg.data, getattr(msg, "age_s", 0.0), getattr(msg, "seqno", 0))
 
     def build(self) -> StatusMessage:
         f = self.figures()
@@ -455,9 +467,15 @@ class Status:
 
     @staticmethod
     def _change_key(m: StatusMessage) -> tuple[Any, ...]:
-        """The fields whose change is published at once (counters and load wait for the tick)."""
-        return (m.state, m.peers, m.streams_in, m.streams_out, m.last_error, m.talk, m.fleet,
-                m.transmitting, m.receiving, m.group)
+        """The fields whose change is published at once; counters, load and the counts of
+        connections (`peers`) and of nodes seen (`fleet`) wait for the next message. Every
+        message reaches every node (about D copies each), so what one node publishes on change
+        costs the whole fleet: while a fleet starts, every node's `fleet` and `peers` change
+        with every node that joins, and publishing those made each node send its status every
+        0.1 interval (at N = 50 about 10 messages/s fleet-wide instead of 1, 20-40 kB/s per
+        node, both cores of this machine busy with 50 nodes)."""
+        return (m.state, m.streams_in, m.streams_out, m.last_error, m.talk, m.transmitting,
+                m.receiving, m.group)
 
     async def publish_now(self) -> bool:
         msg = self.build()

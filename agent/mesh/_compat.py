@@ -80,6 +80,13 @@ that fixes one makes its test fail, and the workaround can then be deleted.
     receivers (py-libp2p's included) take it from the `from` peer id when `key` is absent, and
     go-libp2p leaves it out for such keys. Every node receives every status message about D
     times: we leave it out of our own messages when the peer id inlines the key.
+18. A malformed pub/sub RPC from a peer stops the node (`DeliveringPubsub.stream_handler`):
+    `Pubsub.continuously_read_stream` parses each RPC with protobuf, whose `DecodeError` is not
+    among the errors `stream_handler` handles (framing, stream errors), so it leaves the
+    swarm's stream task and takes the whole host down (seen at N = 50: "fault: mesh:
+    DecodeError", the node restarted its mesh). A peer that sends garbage (a bug, a write cut
+    off half-way, malice) must cost only its own pub/sub stream: we reset that stream and drop
+    the peer from pub/sub, as py-libp2p does for a bad length prefix.
 """
 
 from __future__ import annotations
@@ -95,11 +102,12 @@ from libp2p.abc import IHost, INetStream
 from libp2p.crypto import x25519
 from libp2p.crypto.keys import KeyPair
 from libp2p.network.config import ConnectionConfig
-from libp2p.network.stream.exceptions import StreamClosed, StreamEOF, StreamReset
+from libp2p.network.stream.exceptions import StreamClosed, StreamEOF, StreamError, StreamReset
 from libp2p.pubsub.gossipsub import PROTOCOL_ID as GOSSIPSUB_PROTOCOL_ID
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.peer.id import ID
+from google.protobuf.message import DecodeError
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
@@ -108,7 +116,11 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 
 log = logging.getLogger("agent.mesh.compat")  # the name logs had before the module went private
 
-STREAM_ERRORS = (StreamEOF, StreamReset, StreamClosed)
+# What a stream's read or write raises when the stream or its connection goes away: EOF, reset,
+# closed, and the plain StreamError that NetStream raises for a broken connection ("Write
+# operation failed: ... Broken pipe"; without it a peer's TCP reset mid-talk escaped an audio
+# session and restarted the whole mesh, seen at N = 50).
+STREAM_ERRORS = (StreamEOF, StreamReset, StreamClosed, StreamError)
 
 
 def secure_host(key_pair: KeyPair, *, enable_mdns: bool, max_connections: int) -> IHost:
@@ -350,6 +362,25 @@ class DeliveringPubsub(Pubsub):
     def notify_subscriptions(self, publish_message: rpc_pb2.Message) -> None:
         if any(topic in self.topic_ids for topic in publish_message.topicIDs):
             self._deliver(publish_message)
+
+    malformed = 0  # pub/sub streams reset because a peer sent an RPC that does not parse
+
+    async def stream_handler(self, stream: INetStream) -> None:
+        # A malformed RPC costs the sender its stream, not us the node (defect 18).
+        try:
+            await super().stream_handler(stream)
+        except DecodeError as exc:
+            peer_id = stream.muxed_conn.peer_id
+            self.malformed += 1
+            level = logging.WARNING if self.malformed in (1, 10, 100) or self.malformed % 1000 == 0 \
+                else logging.DEBUG
+            log.log(level, "pub/sub: malformed RPC from %s (%s): its stream is reset (%d so far)",
+                    peer_id, exc, self.malformed)
+            try:
+                await stream.reset()
+            except Exception as reset_exc:  # already gone
+                log.debug("reset after a malformed RPC: %s", reset_exc)
+            self._handle_dead_peer(peer_id)
 
 
 async def read_some(stream: INetStream, max_bytes: int) -> bytes:

@@ -58,6 +58,11 @@ class Message(_FromPeerAlias):
     # Seconds the message had been held by a neighbour before it reached us: 0 for pub/sub
     # delivery, the holding time for a retained message handed over on connect.
     age_s: float = 0.0
+    # The origin's sequence number for this message (signed with it): it grows with every
+    # message the origin publishes, also across its restarts (it starts from the clock), so a
+    # reader can tell an older message that arrives late (gossip replays, retained copies) from
+    # a newer one. 0 when unknown.
+    seqno: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -121,6 +121,11 @@ def _peer(conn: INetConn) -> ID:
     return conn.muxed_conn.peer_id
 
 
+def _seqno(msg: rpc_pb2.Message) -> int:
+    """A pub/sub message's sequence number (8 bytes, big-endian, as GossipSub sends it)."""
+    return int.from_bytes(bytes(msg.seqno)[:8], "big") if msg.seqno else 0
+
+
 def _conn_address(conn: INetConn) -> str:
     try:
         addrs = conn.get_transport_addresses()
@@ -375,7 +380,7 @@ class AviP2p:
             self._bytes_in += len(msg.data)
             for topic in msg.topicIDs:
                 if topic in self._topics:
-                    await self._emit(Message(origin, topic, bytes(msg.data)))
+                    await self._emit(Message(origin, topic, bytes(msg.data), seqno=_seqno(msg)))
 
     # --- retained messages (kept and encoded by RetainedStore) -----------------------------
     async def _send_retained(self, peer: ID) -> None:
@@ -435,7 +440,7 @@ class AviP2p:
             self._received += 1
             self._bytes_in += len(msg.data)
             for topic in topics:
-                await self._emit(Message(origin, topic, bytes(msg.data), age_s=age_ms / 1000))
+                await self._emit(Message(origin, topic, bytes(msg.data), age_s=age_ms / 1000, seqno=_seqno(msg)))
 
     # --- connections (decisions: PeerManager; here the I/O) -----------------------------------
     async def _pump_network(self) -> None:

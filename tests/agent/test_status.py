@@ -132,21 +132,28 @@ async def test_publisher_interval_change_and_coalescing(autojump_clock, hang_gua
     h = FakeHandle()
     t0 = trio.current_time()
     peers: list[str] = []
+    state = ["ok"]
     status = Status(StatusConfig(interval_s=10.0, stale_after_s=30.0), h, "pi-a", PEER_A,
-                    lambda: LocalFigures(state="ok", peers=list(peers)))
+                    lambda: LocalFigures(state=state[0], peers=list(peers)))
     async with trio.open_nursery() as n:
         await n.start(status.run)
         assert h.subscribed == ["avi/status"]
         await trio.sleep(0.1)
         assert len(h.published) == 1  # at once on start
-        # A change is published well before the next tick; a burst of pokes coalesces.
+        # A new connection alone is no news for the fleet: it goes with the next message.
         peers.append(PEER_B)
+        status.poke()
+        await trio.sleep(0.5)
+        assert len(h.published) == 1
+        # A change a person would notice is published well before the next tick; a burst of
+        # pokes coalesces.
+        state[0] = "degraded"
         for _ in range(20):
             status.poke()
-        await trio.sleep(1.0)
+        await trio.sleep(0.5)
         assert len(h.published) == 2
         m = StatusMessage.model_validate_json(h.published[-1][1])
-        assert (m.peers, m.connected_peers, m.seq) == (1, [PEER_B], 1)
+        assert (m.state, m.peers, m.connected_peers, m.seq) == ("degraded", 1, [PEER_B], 1)
         # A poke without a visible change does not publish.
         status.poke()
         await trio.sleep(1.0)
@@ -322,3 +329,31 @@ def test_a_retained_copy_counts_from_when_it_was_sent_and_never_rolls_back() -> 
     assert view.receive(PEER_B, encode_status(msg), age_s=20.0) is None  # older than what we have
     now[0] += 6.0
     assert view.fresh_count() == 0  # 16 s since it was sent
+
+
+def test_an_older_message_arriving_late_does_not_replace_a_newer_one() -> None:
+    """Measured at N = 50: a node's first messages (published before it had peers) reached a
+    neighbour after its third, and the view went back to "starting" with a 5 s interval: that
+    node showed stale 15 s later. The origin's pub/sub sequence number orders its messages."""
+    now = [1000.0]
+    view = FleetView(stale_after_s=15.0, clock=lambda: now[0])
+
+    def status(seq: int, uptime: float, interval: float, state: str = "ok") -> bytes:
+        return encode_status(StatusMessage(node="n30", peer_id=PEER_B, version="1", seq=seq, uptime_s=uptime,
+                                           state=state, peers=6, interval_s=interval))
+
+    base = 1_796_000_000  # py-libp2p starts a node's sequence numbers at its start's unix time
+    assert view.receive(PEER_B, status(2, 5.0, 34.0), seqno=base + 3) is not None
+    assert view.receive(PEER_B, status(0, 0.0, 5.0, "starting"), seqno=base + 1) is None  # late, older
+    assert view.receive(PEER_B, status(1, 0.5, 5.0), seqno=base + 2) is None
+    assert view.receive(PEER_B, status(2, 5.0, 34.0), seqno=base + 3) is None  # a duplicate
+    (entry,) = view.entries()
+    assert (entry.status.seq, entry.status.state, entry.messages) == (2, "ok", 1)
+    now[0] += 30.0  # within 2.5 of its 34 s interval: fresh (the older message would say stale)
+    assert view.fresh_count() == 1
+    # A restart: its seq starts at 0 again, its sequence numbers from the (later) clock.
+    assert view.receive(PEER_B, status(0, 0.0, 5.0, "starting"), seqno=base + 100) is not None
+    assert view.entries()[0].status.state == "starting"
+    # Without sequence numbers (an older sender of events), the latest to arrive wins.
+    assert view.receive(PEER_B, status(1, 0.4, 5.0)) is not None
+    assert view.entries()[0].status.seq == 1

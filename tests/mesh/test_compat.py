@@ -621,3 +621,57 @@ async def test_own_messages_go_without_the_key_the_peer_id_holds(monkeypatch):
     forged.CopyFrom(mine)
     forged.data = b"ho"
     assert not signature_validator(forged)
+
+
+# --- 18. a malformed pub/sub RPC stops the node -------------------------------------------------
+
+
+class _GarbageStream:
+    """A pub/sub stream from a peer whose first RPC (length-prefixed) does not parse."""
+
+    def __init__(self, peer: ID) -> None:
+        self.data = bytearray(b"\x04\x0f\xff\xff\xff")
+        self.muxed_conn = type("Conn", (), {"peer_id": peer})()
+        self.metric_send_channel = None
+        self.was_reset = False
+
+    async def read(self, n: int = -1) -> bytes:
+        await trio.lowlevel.checkpoint()
+        out = bytes(self.data[:n])
+        del self.data[:n]
+        return out
+
+    async def reset(self) -> None:
+        self.was_reset = True
+
+
+class _Running:
+    is_running = True
+
+    def run_task(self, *args) -> None:  # type: ignore[no-untyped-def]
+        raise AssertionError("nothing to schedule for a malformed RPC")
+
+
+async def test_a_malformed_rpc_stops_plain_pubsub_and_only_resets_the_stream_with_ours():
+    from google.protobuf.message import DecodeError
+
+    peer = ID.from_pubkey(create_new_key_pair().public_key)
+    plain = Pubsub(secure(), default_router())
+    plain._manager = _Running()  # type: ignore[attr-defined]
+    try:
+        with pytest.raises(DecodeError):  # the defect: out of the swarm's stream task, host down
+            await plain.stream_handler(_GarbageStream(peer))
+    finally:
+        plain.seen_messages.stop() if hasattr(plain.seen_messages, "stop") else None
+
+    ours = compat.DeliveringPubsub(secure(), compat.gossip_router(heartbeat=1.0, rate_limit=200,
+                                                                 all_on_loopback=True), lambda m: None, 65536)
+    ours._manager = _Running()  # type: ignore[attr-defined]
+    dead: list[ID] = []
+    ours._handle_dead_peer = dead.append  # type: ignore[method-assign]
+    try:
+        stream = _GarbageStream(peer)
+        await ours.stream_handler(stream)  # returns: the node goes on
+        assert stream.was_reset and dead == [peer] and ours.malformed == 1
+    finally:
+        ours.release()

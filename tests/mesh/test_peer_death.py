@@ -227,3 +227,43 @@ async def test_shutdown_inside_the_block_then_handle_calls_fail_typed():
         with trio.fail_after(5):
             async for _ in events:
                 pass
+
+
+class _BrokenPipeStream:
+    """A stream whose connection broke: NetStream.write raises the plain StreamError then."""
+
+    async def write(self, data: bytes) -> None:
+        from libp2p.network.stream.exceptions import StreamError
+
+        await trio.lowlevel.checkpoint()
+        raise StreamError("Write operation failed: TCP connection reset by remote peer: [Errno 32] Broken pipe")
+
+    async def read(self, n: int = -1) -> bytes:
+        await trio.sleep_forever()
+        return b""
+
+    async def close(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def reset(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+async def test_a_broken_connection_ends_the_stream_not_the_node(autojump_clock) -> None:
+    """Seen at N = 50: a keepalive write on a stream whose peer had reset the TCP connection
+    raised StreamError out of the session, and the node's mesh restarted."""
+    from agent.mesh import AviP2pConfig, StreamId
+    from agent.mesh import _audio_protocol as ap
+    from agent.mesh._audio_session import AudioSession, Direction
+    from agent.mesh._eventqueue import EventQueue
+
+    conn = ap.AudioStreamConnection(ap.Role.INITIATOR)
+    responder = ap.AudioStreamConnection(ap.Role.RESPONDER)
+    responder.receive_data(conn.request(7))
+    conn.receive_data(responder.accept())  # open: the writer sends keepalives
+    cfg_ = AviP2pConfig.local_only()
+    session = AudioSession(cfg_, EventQueue(8, lambda e: None), _BrokenPipeStream(),  # type: ignore[arg-type]
+                           "12D3KooWpeer", StreamId(7), Direction.OUTGOING, conn)
+    with trio.fail_after(30):
+        reason = await session.run()  # returns a reason; raised before the fix
+    assert reason.startswith(("peer-gone", "timeout")), reason

@@ -54,6 +54,9 @@ async def test_five_node_line_reaches_two_hops_and_a_burst_arrives_whole():
             got = await n.wait_for(lambda e: msg_on("fleet")(e) and e.data.startswith(b"burst"),
                                    count=100, timeout=20)
             assert sorted(m.data for m in got) == [b"burst %03d" % i for i in range(100)]
+            # The origin's sequence numbers order its messages (whatever order they arrive in).
+            by_seqno = [m.data for m in sorted(got, key=lambda m: m.seqno)]
+            assert by_seqno == [b"burst %03d" % i for i in range(100)] and got[0].seqno > 0
         assert all(n.node.stats().messages_dropped == 0 for n in ns)
         assert all(n.node.stats().messages_unsent == 0 for n in ns)
 

@@ -29,6 +29,9 @@ async def test_a_newcomer_gets_the_latest_message_of_each_origin_from_its_neighb
         assert sorted(e.data for e in got) == [b"a-2", b"b-1"]  # the latest only, no a-1
         assert {e.peer_id for e in got} == {a.peer_id, b.peer_id}  # the origin, not the neighbour
         assert all(e.age_s > 0.3 for e in got)
+        # The handed-over copy keeps its origin's sequence number: newer than a's first message.
+        first_a = next(e for e in b.seen if isinstance(e, Message) and e.data == b"a-1")
+        assert next(e for e in got if e.data == b"a-2").seqno == first_a.seqno + 1
         # A later connection to a does not deliver a's message again (already seen).
         await c.h.dial(a.addr)
         await trio.sleep(1.0)

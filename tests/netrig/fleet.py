@@ -12,7 +12,11 @@ Time line (seconds after the last node starts; the talker is the last node start
     .. +TAIL_S               final status messages; then SIGTERM to every node at once
 
 Each node's figures come from its own status messages (an `avi-agent monitor --json` on one
-more host of the rig), /proc (CPU, RSS), the bridge's per-port counters (bytes) and its log.
+more host of the rig), /proc (CPU, RSS), the bridge's per-port counters (bytes) and its log. Its
+fleet view is read from the node itself (`GET /status` of its metrics endpoint, which listens on
+the node's rig address here instead of 127.0.0.1, polled by tests/netrig/viewpoll.py from the
+monitor's host): a status message carries the count of nodes seen, but only with the node's next
+message (at N = 50 every 50 s), not when it changes.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from .rig import Rig
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
+VIEWPOLL = str(Path(__file__).with_name("viewpoll.py"))
+METRICS_PORT = 9464
 TONE_HZ = 440.0
 FRAME_S = 0.02
 LOUD_RMS = 500.0
@@ -97,6 +103,8 @@ def node_config(node: Node, host_ip: str, press: tuple[float, float] | None,
                   "fake_sink": {"kind": "wav", "path": str(node.wav)}},
         "gpio": {"backend": "fake"},
         "logging": {"journal": "never"},
+        # Served on the rig address so the harness can read the node's own fleet view.
+        "metrics": {"listen": f"{host_ip}:{METRICS_PORT}"},
     }
     for section, values in (extra or {}).items():  # "audio.fake_source" names a nested table
         table = data
@@ -138,6 +146,33 @@ def _port_bytes(rig: Rig) -> dict[str, tuple[int, int]]:
     return res
 
 
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line being written
+    return out
+
+
+def _poll_views(mon_host: Any, nodes: list[Node], rig: Rig, env: dict[str, str]) -> list[int]:
+    """Each node's count of nodes in its fleet view now (its /status), 0 when it does not answer."""
+    addresses = [f"{nd.name}={host.ip}" for nd, host in zip(nodes, rig)]
+    proc = mon_host.exec([PY, VIEWPOLL, "--once", "--want", "0", "--port", str(METRICS_PORT), *addresses],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+    try:
+        stdout, _ = proc.communicate(timeout=30 + 2 * len(nodes))
+    except subprocess.TimeoutExpired:
+        mon_host.kill(proc)
+        stdout = ""
+    got = {}
+    for line in stdout.splitlines():
+        rec = json.loads(line)
+        got[rec["node"]] = rec["fleet"] or 0
+    return [got.get(nd.name, 0) for nd in nodes]
+
+
 def _lines(path: Path) -> int:
     try:
         with path.open("rb") as f:
@@ -164,7 +199,7 @@ class FleetResult:
     p99_ms: list[float]
     talker_cpu_pct: float
     talker_up_bps: float
-    fleet_talk_out_bps: float            # every node's upload during the talk, minus idle
+    fleet_talk_out_bps: float            # every node's upload during the talk (airtime), all nodes
     exit_s: list[float]
     exit_codes: list[int | None]
     load: tuple[float, float, float]
@@ -198,7 +233,7 @@ class FleetResult:
             "m2e p50/p99 ms": f"{med(self.p50_ms)}/{max(self.p99_ms):.0f}" if self.p99_ms else "-",
             "talker CPU %": f"{self.talker_cpu_pct:.0f}",
             "talker up kB/s": f"{self.talker_up_bps / 1000:.0f}",
-            "fleet talk up kB/s": f"{self.fleet_talk_out_bps / 1000:.0f}",
+            "fleet up in talk kB/s": f"{self.fleet_talk_out_bps / 1000:.0f}",
             "SIGTERM exit s": f"{median(self.exit_s):.2f} (max {max(self.exit_s):.2f})" if self.exit_s else "-",
             "load": "/".join(f"{x:.1f}" for x in self.load),
         }
@@ -246,6 +281,12 @@ def run_fleet(n: int, out: Path, *, schedule: Schedule | None = None,
         for node, host in zip(nodes, rig):
             press = (press_at, sch.talk_s) if node is talker else None
             (node.dir / "agent.toml").write_text(node_config(node, host.ip, press, extra))
+        views_out = out / "views.jsonl"
+        addresses = [f"{nd.name}={host.ip}" for nd, host in zip(nodes, rig)]
+        with views_out.open("w") as vo:
+            poller = mon_host.exec([PY, VIEWPOLL, "--want", str(n - 1), "--port", str(METRICS_PORT),
+                                    "--duration", str(n * sch.start_gap_s + sch.converge_s + 5), *addresses],
+                                   stdout=vo, stderr=subprocess.DEVNULL, env=env)
         t_last = 0.0
         for node, host in zip(nodes, rig):
             with node.log.open("wb") as lf:
@@ -280,21 +321,28 @@ def run_fleet(n: int, out: Path, *, schedule: Schedule | None = None,
         # (its status goes out as soon as the count changes, coalesced); the fleet's view is
         # complete when every node's has been. (Monitor lines are read as they come, so a
         # node's time is when its message arrived, a little after its view completed.)
+        # A node's view is complete from the first poll of its /status that counts all others
+        # (polled every 0.5 s); the fleet's view is complete when every node's has been.
         full_at = None
         complete: dict[str, float] = {}
+        seen: dict[str, int] = {}
         while time.monotonic() - t_last < sch.converge_s:
             read_monitor()
             for nd in nodes:
                 assert nd.proc is not None
                 if nd.proc.poll() is not None:
                     raise RuntimeError(f"{nd.name} exited {nd.proc.returncode}:\n{nd.log.read_text()[-2000:]}")
-                if nd.name not in complete and nd.status.get("fleet", 0) >= n - 1:
-                    complete[nd.name] = time.monotonic() - t_last
+            for rec in _jsonl(views_out):
+                if "fleet" in rec:
+                    seen[rec["node"]] = rec["fleet"]
+                if rec.get("complete") and rec["node"] not in complete:
+                    complete[rec["node"]] = max(0.0, rec["t"] - t_last)
             if len(complete) == n:
                 full_at = max(complete.values())
                 break
             time.sleep(0.2)
-        views = [int(nd.status.get("fleet", 0)) for nd in nodes]
+        rig[n].kill(poller, signal.SIGTERM)
+        views = [seen.get(nd.name, 0) for nd in nodes]
         log(f"N={n}: full view {'never' if full_at is None else f'after {full_at:.1f} s'}; "
             f"views now {sorted(views)}; {len(complete)} nodes have had a complete view")
 
@@ -342,10 +390,12 @@ def run_fleet(n: int, out: Path, *, schedule: Schedule | None = None,
         t_bytes1 = _port_bytes(rig)
         talker_cpu = (t_cpu1 - t_cpu0) / talk_dt * 100
         up = (t_bytes1[f"vh{talker.index}"][0] - t_bytes0[f"vh{talker.index}"][0]) / talk_dt
-        fleet_up = sum(t_bytes1[p][0] - t_bytes0[p][0] for p in ports) / talk_dt - sum(idle_out)
+        # Gross: every copy on the shared medium counts (the idle window's traffic is another
+        # column; subtracting it gave negative figures when the fleet was not settled).
+        fleet_up = sum(t_bytes1[p][0] - t_bytes0[p][0] for p in ports) / talk_dt
         time.sleep(sch.tail_s)
         read_monitor()
-        final_views = [int(nd.status.get("fleet", 0)) for nd in nodes]
+        final_views = _poll_views(mon_host, nodes, rig, env)
 
         # SIGTERM to everyone at once (a busy fleet: all stop together).
         t_term = time.monotonic()
