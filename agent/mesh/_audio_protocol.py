@@ -183,12 +183,13 @@ class AudioStreamConnection:
     `close(exc.close_reason)` to tell the peer why, and closes the libp2p stream.
     """
 
-    def __init__(self, role: Role) -> None:
+    def __init__(self, role: Role, *, contexts: bool = False) -> None:
         self.role = role
+        self.contexts = contexts  # a /avi/audio/1.1.0 stream: a REQUEST may carry a context
         self._state = StreamState.IDLE
         self._stream_id: int | None = None
         self._params: StreamParams | None = None
-        self._decoder = FrameDecoder()
+        self._decoder = FrameDecoder(contexts=contexts)
         self._sent_final = False      # we sent REJECT or CLOSE: nothing more to send
         self._next_send_seq = 0
         self._next_recv_seq = 0
@@ -242,7 +243,7 @@ class AudioStreamConnection:
         raise LocalProtocolError(why)
 
     def _send(self, frame: Frame) -> bytes:
-        wire = encode_frame(frame)
+        wire = encode_frame(frame, contexts=self.contexts)
         self._bytes_out += len(wire)
         return wire
 
@@ -250,9 +251,12 @@ class AudioStreamConnection:
         return Frame(ftype, self._stream_id or 0, payload=payload)
 
     def request(self, stream_id: int, params: StreamParams | None = None) -> bytes:
-        """Initiator, IDLE -> REQUESTED: ask for stream `stream_id` with `params`."""
+        """Initiator, IDLE -> REQUESTED: ask for stream `stream_id` with `params` (a context only
+        on a 1.1.0 stream: ``contexts``)."""
         after = self._next_state_sending("request", FrameType.REQUEST)
         params = params if params is not None else StreamParams()
+        if params.context and not self.contexts:
+            raise LocalProtocolError("a REQUEST context needs a /avi/audio/1.1.0 stream")
         try:
             codec = Codec(params.codec)
         except ValueError:

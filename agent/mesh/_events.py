@@ -69,6 +69,9 @@ class Message(_FromPeerAlias):
 class AudioStreamRequested(_FromPeerAlias):
     peer_id: PeerId
     stream_id: StreamId
+    # What the requester says the stream is for (`request_audio_stream(..., context=)`): opaque
+    # bytes, empty when it gave none or speaks the protocol's 1.0.0 version.
+    context: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

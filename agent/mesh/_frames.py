@@ -25,6 +25,10 @@ from typing import ClassVar
 from agent.mesh._errors import ProtocolError
 
 PROTOCOL_ID = "/avi/audio/1.0.0"
+PROTOCOL_ID_CONTEXT = "/avi/audio/1.1.0"
+"""The same protocol, where a REQUEST may also carry an application context after its parameters
+(`MAX_CONTEXT` bytes at most). A node offers both ids; an initiator with a context asks for
+1.1.0 first and falls back to 1.0.0 (then without the context) with a node that predates it."""
 VERSION = 1
 
 HEADER = struct.Struct(">BBBBQIQH")
@@ -45,6 +49,9 @@ _U64 = 0xFFFF_FFFF_FFFF_FFFF
 
 PARAMS = struct.Struct(">IBB")
 """REQUEST payload: sample_rate u32 (Hz), channels u8, frame_ms u8: 6 bytes."""
+
+MAX_CONTEXT = 1024
+"""Largest application context a REQUEST carries after its parameters (1.1.0 streams only)."""
 
 
 class FrameType(IntEnum):
@@ -137,6 +144,7 @@ class StreamParams:
     sample_rate: int = 16_000
     channels: int = 1
     frame_ms: int = 20
+    context: bytes = b""  # opaque to the mesh (1.1.0 streams only): what the stream is for
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,23 +170,27 @@ class Frame:
             raise ValueError(f"{self.type.name} frames carry no stream parameters")
         if not self.payload:
             return StreamParams(codec=self.codec)
-        rate, channels, frame_ms = PARAMS.unpack(self.payload)
-        return StreamParams(self.codec, rate, channels, frame_ms)
+        rate, channels, frame_ms = PARAMS.unpack_from(self.payload)
+        return StreamParams(self.codec, rate, channels, frame_ms, bytes(self.payload[PARAMS.size:]))
 
 
 def encode_params(params: StreamParams) -> bytes:
-    """The REQUEST payload for `params` (the codec goes into the header, not here)."""
+    """The REQUEST payload for `params` (the codec goes into the header, not here; the context,
+    if any, follows the 6 bytes of parameters)."""
     if not 1 <= params.sample_rate <= _U32:
         raise FrameEncodeError(f"sample_rate {params.sample_rate} out of range 1..{_U32}")
     if not 1 <= params.channels <= 255:
         raise FrameEncodeError(f"channels {params.channels} out of range 1..255")
     if not 1 <= params.frame_ms <= 255:
         raise FrameEncodeError(f"frame_ms {params.frame_ms} out of range 1..255")
-    return PARAMS.pack(params.sample_rate, params.channels, params.frame_ms)
+    if len(params.context) > MAX_CONTEXT:
+        raise FrameEncodeError(f"context of {len(params.context)} bytes exceeds {MAX_CONTEXT}")
+    return PARAMS.pack(params.sample_rate, params.channels, params.frame_ms) + bytes(params.context)
 
 
-def _payload_problem(ftype: FrameType, payload: bytes | memoryview) -> str | None:
-    """Why `payload` cannot be the payload of a `ftype` frame, or None if it can.
+def _payload_problem(ftype: FrameType, payload: bytes | memoryview, contexts: bool = False) -> str | None:
+    """Why `payload` cannot be the payload of a `ftype` frame, or None if it can (`contexts`: a
+    1.1.0 stream, where a REQUEST may carry a context after its parameters).
 
     Shared by the encoder and the decoder, so that whatever decodes re-encodes to the same bytes.
     """
@@ -190,9 +202,10 @@ def _payload_problem(ftype: FrameType, payload: bytes | memoryview) -> str | Non
     if ftype is FrameType.REQUEST:
         if n == 0:
             return None
-        if n != PARAMS.size:
-            return f"REQUEST payload must be 0 or {PARAMS.size} bytes, got {n}"
-        rate, channels, frame_ms = PARAMS.unpack(payload)
+        if n != PARAMS.size and not (contexts and PARAMS.size < n <= PARAMS.size + MAX_CONTEXT):
+            return (f"REQUEST payload must be 0 or {PARAMS.size} bytes, got {n}" if not contexts else
+                    f"REQUEST payload must be 0 or {PARAMS.size}..{PARAMS.size + MAX_CONTEXT} bytes, got {n}")
+        rate, channels, frame_ms = PARAMS.unpack_from(payload)
         if rate == 0 or channels == 0 or frame_ms == 0:
             return "REQUEST parameters must be non-zero"
         return None
@@ -207,8 +220,9 @@ def _payload_problem(ftype: FrameType, payload: bytes | memoryview) -> str | Non
     return None  # DATA: any bytes up to MAX_PAYLOAD
 
 
-def encode_frame(frame: Frame) -> bytes:
-    """The wire bytes of `frame`. Raises `FrameEncodeError` (a ValueError) if it is invalid."""
+def encode_frame(frame: Frame, *, contexts: bool = False) -> bytes:
+    """The wire bytes of `frame`. Raises `FrameEncodeError` (a ValueError) if it is invalid
+    (`contexts`: a 1.1.0 stream, where a REQUEST may carry a context)."""
     try:
         ftype = FrameType(frame.type)
     except ValueError:
@@ -225,7 +239,7 @@ def encode_frame(frame: Frame) -> bytes:
     payload = frame.payload
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         raise FrameEncodeError(f"payload must be bytes, got {type(payload).__name__}")
-    problem = _payload_problem(ftype, payload)
+    problem = _payload_problem(ftype, payload, contexts)
     if problem is not None:
         raise FrameEncodeError(problem)
     header = HEADER.pack(VERSION, ftype, codec, 0, frame.stream_id, frame.sequence,
@@ -246,7 +260,7 @@ class _Header:
     length: int
 
 
-def _parse_header(buf: bytes | bytearray | memoryview, offset: int) -> _Header:
+def _parse_header(buf: bytes | bytearray | memoryview, offset: int, contexts: bool = False) -> _Header:
     """Parse and check a header, so that a bad one is refused before its payload arrives."""
     version, ftype, codec, flags, stream_id, seq, ts, length = HEADER.unpack_from(buf, offset)
     if version != VERSION:
@@ -267,13 +281,15 @@ def _parse_header(buf: bytes | bytearray | memoryview, offset: int) -> _Header:
         raise PayloadTooLarge(f"{ftype.name} reason length {length} exceeds {MAX_REASON}")
     if ftype in (FrameType.ACCEPT, FrameType.KEEPALIVE) and length != 0:
         raise MalformedPayload(f"{ftype.name} payload must be empty, length is {length}")
-    if ftype is FrameType.REQUEST and length not in (0, PARAMS.size):
-        raise MalformedPayload(f"REQUEST payload must be 0 or {PARAMS.size} bytes, is {length}")
+    if ftype is FrameType.REQUEST and length not in (0, PARAMS.size) and not (
+            contexts and PARAMS.size < length <= PARAMS.size + MAX_CONTEXT):
+        raise MalformedPayload(f"REQUEST payload must be 0 or {PARAMS.size} bytes"
+                               f"{f' (+ at most {MAX_CONTEXT} of context)' if contexts else ''}, is {length}")
     return _Header(ftype, codec, stream_id, seq, ts, length)
 
 
-def _build_frame(head: _Header, payload: bytes) -> Frame:
-    problem = _payload_problem(head.type, payload)
+def _build_frame(head: _Header, payload: bytes, contexts: bool = False) -> Frame:
+    problem = _payload_problem(head.type, payload, contexts)
     if problem is not None:
         raise MalformedPayload(problem)
     return Frame(head.type, head.stream_id, head.sequence, head.timestamp_us, head.codec, payload)
@@ -286,9 +302,11 @@ class FrameDecoder:
     of the chunks it is fed. A bad header is refused as soon as its 26 bytes are in, without
     waiting for the payload. After an error the decoder is dead: every later `feed` raises the
     same error. Frames decoded earlier in the chunk that held the error are discarded with it.
+    `contexts`: the stream is a 1.1.0 one, where a REQUEST may carry a context.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, contexts: bool = False) -> None:
+        self._contexts = contexts
         self._buf = bytearray()
         self._head: _Header | None = None
         self._error: FrameError | None = None
@@ -333,13 +351,13 @@ class FrameDecoder:
         while True:
             if self._head is None:
                 if not self._buf and end - pos >= HEADER.size:  # fast path: no copy
-                    self._head = _parse_header(view, pos)
+                    self._head = _parse_header(view, pos, self._contexts)
                     pos += HEADER.size
                 else:
                     pos = self._take(view, pos, HEADER.size - len(self._buf))
                     if len(self._buf) < HEADER.size:
                         return frames
-                    head = _parse_header(self._buf, 0)
+                    head = _parse_header(self._buf, 0, self._contexts)
                     self._buf.clear()
                     self._head = head
                 self._peak = max(self._peak, self.buffered)
@@ -353,7 +371,7 @@ class FrameDecoder:
                     return frames
                 payload = bytes(self._buf)
                 self._buf.clear()
-            frames.append(_build_frame(self._head, payload))
+            frames.append(_build_frame(self._head, payload, self._contexts))
             self._head = None
             if pos == end:
                 return frames

@@ -69,10 +69,12 @@ class AviP2pHandle:
         await trio.lowlevel.checkpoint()  # (the round runs in the node's task)
 
     # audio streams
-    async def request_audio_stream(self, peer: PeerId) -> StreamId:
+    async def request_audio_stream(self, peer: PeerId, *, context: bytes = b"") -> StreamId:
         """Open an audio stream to `peer`. Frames sent before the peer accepts are queued (drop
-        oldest); acceptance arrives as `AudioStreamAccepted`, refusal as `AudioStreamClosed`."""
-        return await self._node._request_audio_stream(peer)
+        oldest); acceptance arrives as `AudioStreamAccepted`, refusal as `AudioStreamClosed`.
+        `context` (at most 1024 bytes, opaque) reaches the peer in its `AudioStreamRequested`;
+        a peer of the protocol's 1.0.0 version gets the stream without it."""
+        return await self._node._request_audio_stream(peer, context)
 
     async def accept_audio_stream(self, stream_id: StreamId) -> None:
         await self._node._accept_audio_stream(stream_id)

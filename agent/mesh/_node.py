@@ -37,7 +37,7 @@ from ._errors import (AviP2pError, DialError, LimitError, NotAllowedError, NotRu
 from ._eventqueue import EventQueue
 from ._events import (AudioData, AudioStreamClosed, AudioStreamRequested, Event, Message,
                      PeerConnected, PeerDisconnected, PeerDiscovered, PeerId, Started, StreamId)
-from ._frames import PROTOCOL_ID
+from ._frames import MAX_CONTEXT, PROTOCOL_ID, PROTOCOL_ID_CONTEXT, StreamParams
 from ._handle import AviP2pHandle
 from ._identity import load_or_create_identity
 from ._peering import FIRST_ROUND_S, MAX_KNOWN_PEERS_FACTOR, PeerManager
@@ -245,6 +245,7 @@ class AviP2p:
         cfg = self.config
         self._host.get_network().register_notifee(_NetworkEvents(self._net_send))
         self._host.set_stream_handler(PROTOCOL_ID, self._on_incoming_stream)
+        self._host.set_stream_handler(PROTOCOL_ID_CONTEXT, self._on_incoming_stream)
         self._host.set_stream_handler(ADMISSION_PROTOCOL_ID, self._on_admission)
         self._host.set_stream_handler(RETAINED_PROTOCOL_ID, self._on_retained)
         try:
@@ -675,8 +676,11 @@ class AviP2p:
         self._bytes_in += session.bytes_in
         self._bytes_out += session.bytes_out
         self._audio_dropped += session.frames_dropped
-        log.info("audio stream %x with %s closed: %s", session.stream_id, session.peer_id, reason,
-                 extra={"peer": session.peer_id, "stream": f"{session.stream_id:x}"})
+        # A refused request (e.g. a talk offered to a node that hears it already: several per node
+        # and talk in a big fleet) at DEBUG; the application logs the refusals that matter.
+        level = logging.DEBUG if reason.startswith(("rejected", "rejected locally")) else logging.INFO
+        log.log(level, "audio stream %x with %s closed: %s", session.stream_id, session.peer_id, reason,
+                extra={"peer": session.peer_id, "stream": f"{session.stream_id:x}"})
         await self._emit(AudioStreamClosed(session.peer_id, session.stream_id, reason))
 
     async def _on_admission(self, stream: INetStream) -> None:
@@ -725,7 +729,7 @@ class AviP2p:
         if not self._peering.is_allowed(peer):
             await stream.reset()
             return
-        conn = ap.AudioStreamConnection(ap.Role.RESPONDER)
+        conn = ap.AudioStreamConnection(ap.Role.RESPONDER, contexts=stream.get_protocol() == PROTOCOL_ID_CONTEXT)
         request: ap.StreamRequested | None = None
         with trio.move_on_after(self.config.request_timeout_s):
             try:
@@ -763,7 +767,7 @@ class AviP2p:
         except NotRunningError:
             await stream.reset()
             return
-        await self._emit(AudioStreamRequested(peer, sid))
+        await self._emit(AudioStreamRequested(peer, sid, request.params.context))
 
     def _session(self, stream_id: StreamId) -> AudioSession:
         session = self._sessions.get(stream_id)
@@ -839,8 +843,10 @@ class AviP2p:
         self._require_running()
         self._discover_now.set()
 
-    async def _request_audio_stream(self, peer: PeerId) -> StreamId:
+    async def _request_audio_stream(self, peer: PeerId, context: bytes = b"") -> StreamId:
         self._require_running()
+        if len(context) > MAX_CONTEXT:
+            raise LimitError(f"a stream context of {len(context)} bytes exceeds {MAX_CONTEXT}")
         info = None
         if peer not in self._peering.connected:
             # Bounded degree: a peer we are not connected to is connected on demand, if its
@@ -857,15 +863,18 @@ class AviP2p:
                     await self._connect(peer, info, peer)
                 except DialError as exc:
                     raise UnknownPeerError(f"{peer} is not connected, and connecting failed: {exc}") from None
+            # With a context: 1.1.0 first; a node that predates it answers 1.0.0 (no context).
+            protocols = [PROTOCOL_ID_CONTEXT, PROTOCOL_ID] if context else [PROTOCOL_ID]
             try:
-                stream = await self._host.new_stream(ID.from_base58(peer), [PROTOCOL_ID])
+                stream = await self._host.new_stream(ID.from_base58(peer), protocols)
             except Exception as exc:
                 raise ProtocolError(f"cannot open an audio stream to {peer}: {exc}") from exc
             sid = self._new_stream_id()
-            conn = ap.AudioStreamConnection(ap.Role.INITIATOR)
+            contexts = stream.get_protocol() == PROTOCOL_ID_CONTEXT
+            conn = ap.AudioStreamConnection(ap.Role.INITIATOR, contexts=contexts)
             session = AudioSession(self.config, self._events, stream, peer, sid, Direction.OUTGOING, conn)
             try:
-                await session.write_control(conn.request(sid))
+                await session.write_control(conn.request(sid, StreamParams(context=context if contexts else b"")))
             except Exception as exc:
                 with trio.move_on_after(1.0):
                     await stream.reset()

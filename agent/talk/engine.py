@@ -7,12 +7,15 @@ Tasks (one nursery, all started by `run`):
   the network). While it is not, the microphone is read for one level window (1 s) every
   ``IDLE_METER_S`` (and at once after a gain change) and stopped in between: an idle node does
   not wake 50 times a second; a press starts it again at once.
-- **button**: pressed plans a relay tree over the members of the current talk group
-  (`relay.py`), publishes it, and opens a stream to the talker's children in it (at most
-  ``talk.relay_fanout``); released closes them. A stuck button stops after ``max_talk_s``.
-- **relaying**: a node that receives a stream from its parent in a plan forwards every frame,
-  unchanged, to its own children of that plan (connecting on demand), so each member hears
-  the talker once and no node sends more than ``relay_fanout`` copies of a frame.
+- **button**: pressed offers the talk to up to ``talk.relay_fanout`` connected members of the
+  current talk group (`relay.Spread`; each stream's request carries the talk's context: talker,
+  press number, group); released closes the streams. A stuck button stops after ``max_talk_s``.
+- **relaying**: a node that accepts a stream of a talk offers it on at once (before its own
+  accept completes) to its connected members that are not known to hear it, ``relay_fanout`` at
+  a time, and forwards every frame, unchanged, to those that accept; a member that hears the
+  talk already declines, so each member hears it once and no stream needs a new connection. A
+  stream from a node of the previous version (no context) is relayed by the plan its talker
+  published on ``PLAN_TOPIC``, as before.
 - **playout**: every frame period pulls one frame of PCM from each incoming stream's adaptive
   playout (jitter buffer, decoder, concealment and time-stretching: playout.py), mixes, and
   hands the frame to a bounded drop-oldest queue. It runs on for a level window of silence
@@ -54,7 +57,8 @@ from .playout import AdaptivePlayout, DelayEstimator
 from .latency import LatencyWindow
 from .mixer import Mixer
 from .outqueue import DropOldestQueue
-from .relay import PLAN_TOPIC, RelayPlan, RelayTable, adopt, encode_plan, parse_plan, plan_tree
+from .relay import (ALREADY_HEARING, PLAN_TOPIC, RelayPlan, RelayTable, Spread, TalkContext, adopt, encode_context,
+                    parse_context, parse_plan, spread_order)
 from .stretch import rms
 
 if TYPE_CHECKING:  # the mesh node's module loads py-libp2p: only its type is needed here
@@ -77,6 +81,10 @@ ANNOUNCE_FLEET_RATE = 0.2
 ANNOUNCE_MIN_GAP_S = 1.0
 GROUPS_LOGGED = 8            # "is in talk groups" lines at INFO for new peers, then DEBUG
 RELAY_PREROLL_FRAMES = 16    # frames a relay keeps for children whose stream is still opening
+# A node passing a talk on offers it to at most talk.relay_fanout connected members at a time;
+# this long after it started it offers it to every connected member not known to hear it (one
+# whose other neighbours all filled their fanout would not hear otherwise): relay.Spread.
+SPREAD_SWEEP_S = 1.0
 HOUSEKEEPING_S = 0.25
 CLOSE_TIMEOUT_S = 2.0
 SHUTDOWN_S = 0.5             # closing our streams when push-to-talk stops (SIGTERM: exit in ~2 s)
@@ -182,6 +190,8 @@ class _In:
     # Relaying: the plan this stream belongs to, our children's streams (None while opening)
     # and the latest frames for children still opening.
     plan: RelayPlan | None = None
+    talk: TalkContext | None = None   # the talk this stream carries (from its request's context)
+    spread: Spread | None = None      # to whom we pass it on (a talk context that relays)
     relay_out: dict[PeerId, StreamId | None] = field(default_factory=dict)
     relay_buf: deque[tuple[bytes, int, int]] = field(default_factory=lambda: deque(maxlen=RELAY_PREROLL_FRAMES))
 
@@ -256,7 +266,6 @@ class Talk:
         self._closed_recent: deque[StreamId] = deque(maxlen=64)
         self._in: dict[StreamId, _In] = {}
         self._pending: dict[StreamId, tuple[PeerId, float]] = {}
-        self._skipped_peers: set[PeerId] = set()
         self._tx = False
         self._tx_gen = 0
         self._tx_since = 0.0
@@ -273,7 +282,7 @@ class Talk:
         self._capture_wake = trio.Event()  # a press or a gain change: read the microphone now
         self._play_wake = trio.Event()     # a stream or a local sound: run the playout again
         self._relays = RelayTable(str(handle.local_peer_id), ttl_s=config.talk.max_talk_s + 60.0)
-        self._plan: RelayPlan | None = None
+        self._spread: Spread | None = None  # this press: to whom the talker offers it
         self._plan_seq = 0
         self._relay_sids: dict[StreamId, StreamId] = {}  # our relay stream -> the incoming one
         self._prerolling: set[StreamId] = set()  # streams _send_backlog is filling (live sends skip them)
@@ -281,6 +290,7 @@ class Talk:
         self.frames_relayed = 0
         self._groups_logged = 0
         self.relay_failures = 0
+        self.offers_declined = 0  # offers of a talk we hear already (declined: not an error)
         self._led_mine: str | None = None
         self._led_saved: Any = None
         self._totals = _Totals()
@@ -346,7 +356,7 @@ class Talk:
         match event:
             case AudioData():
                 ins = self._on_audio(event)
-                if ins is not None and ins.relay_out:
+                if ins is not None and (ins.relay_out or ins.spread is not None):
                     await self._relay_frame(ins, event)
             case Message(topic=topic, peer_id=peer, data=data) if topic == TOPIC:
                 self._on_announcement(peer, data)
@@ -358,7 +368,7 @@ class Talk:
                 else:
                     self._on_plan(peer, plan)
             case AudioStreamRequested(peer_id=peer, stream_id=sid):
-                self._on_request(peer, sid)
+                self._on_request(peer, sid, getattr(event, "context", b""))
             case AudioStreamAccepted(peer_id=peer, stream_id=sid):
                 self._on_accepted(peer, sid)
             case AudioStreamClosed(peer_id=peer, stream_id=sid, reason=reason):
@@ -509,48 +519,65 @@ class Talk:
         self._packet_loud.clear()
         self._tx_gen += 1
         self._tx_since = trio.current_time()
-        self._skipped_peers.clear()
-        group = self.talk_config.active_group
+        tc = self.talk_config
+        group = tc.active_group
         me = str(self.handle.local_peer_id)
         members = [p for p in self._dir.members(group) if p != me]
+        connected = set(self.handle.connected_peers())
         self._plan_seq += 1
-        plan = plan_tree(me, members, self.talk_config.relay_fanout, self._plan_seq, group,
-                         connected=set(self.handle.connected_peers()))
-        self._plan = plan
-        # Relays forward frames unchanged: when the plan relays, every member must decode what
+        now = trio.current_time()
+        # A group no larger than the fanout, all connected: a star (each listener its own codec,
+        # nobody passes it on). Otherwise the talk spreads over the members' connections.
+        star = len(members) <= tc.relay_fanout and all(m in connected for m in members)
+        ctx = TalkContext(me, self._plan_seq, group, relay=not star)
+        self._spread = Spread(me, ctx, tc.relay_fanout, now, sweep_after_s=SPREAD_SWEEP_S)
+        # Relays forward frames unchanged: when the talk spreads, every member must decode what
         # the talker sends (one codec for the press); in a star each listener gets its own.
-        relayed = any(plan.children(c) for c in plan.children(me))
-        self._press_codec = common_codec(self.preferred_codecs(), [self._decodes(PeerId(m)) for m in
-                                                                  plan.members()]) if relayed else None
+        self._press_codec = None if star else common_codec(
+            self.preferred_codecs(), [self._decodes(PeerId(m)) for m in members])
         # Relayed frames reach every member unchanged, gaps included: only if all play gaps.
-        self._press_dtx = all(self._plays_gaps(PeerId(m)) for m in plan.members()) if relayed else None
+        self._press_dtx = None if star else all(self._plays_gaps(PeerId(m)) for m in members)
         if members:
-            log.info("talking to group %s: %d member(s), %d direct, relay depth %d", group, len(members),
-                     len(plan.children(me)), plan.depth(), extra={"group": group})
+            log.info("talking to group %s: %d member(s), %d connected, %s", group, len(members),
+                     sum(1 for m in members if m in connected), "direct" if star else
+                     f"passed on by the members (talk.relay_fanout {tc.relay_fanout})", extra={"group": group})
         else:
             log.warning("talking to group %s, but no member of it is known", group, extra={"group": group})
-        self._spawn(self._begin, plan, self._tx_gen)
+        self._spread_talk()
+        self._spawn(self._sweep_later, None, self._spread)
         self._update_led()
 
-    async def _begin(self, plan: RelayPlan, generation: int) -> None:
-        """Publish the plan (relays need it), then open the talker's own streams."""
-        if len(plan.tree) > 1 or any(plan.children(c) for c in plan.children(plan.talker)):
-            with trio.move_on_after(CLOSE_TIMEOUT_S):
-                try:
-                    await self.handle.publish(PLAN_TOPIC, encode_plan(plan))
-                except AviP2pError as exc:
-                    log.warning("relay plan not published (%s): listeners beyond %d will not hear",
-                                exc, len(plan.children(plan.talker)))
-        if generation != self._tx_gen:
+    def _candidates(self, ctx: TalkContext) -> list[str]:
+        """Connected peers known (announcements) to be in the talk's group, in offer order."""
+        me = self._relays.me
+        return spread_order(ctx, [p for p in self.handle.connected_peers() if p != me
+                                  and (ann := self._dir.get(p)) is not None and ctx.group in ann.groups])
+
+    def _spread_talk(self) -> None:
+        """Offer this press to the next members (relay.Spread decides whom)."""
+        sp = self._spread
+        if not self._tx or sp is None or self._nursery is None:
             return
-        for peer in plan.children(plan.talker):
+        connected = set(self.handle.connected_peers())
+        unconnected = spread_order(sp.ctx, [m for m in self._dir.members(sp.ctx.group)
+                                            if m not in connected and m != self._relays.me])
+        for peer in sp.offers(self._candidates(sp.ctx), trio.current_time(), unconnected=unconnected):
             self._open_to(PeerId(peer))
+
+    async def _sweep_later(self, ins: _In | None, spread: Spread) -> None:
+        await trio.sleep_until(spread.sweep_at)
+        if ins is None:
+            if spread is self._spread:
+                self._spread_talk()
+        elif ins.spread is spread:
+            self._spread_relay(ins)
 
     def _stop_talking(self, why: str) -> None:
         if not self._tx:
             return
         self._tx = False
         self._tx_gen += 1
+        self._spread = None
         entries = list(self._out.values())
         self._out.clear()
         for e in entries:
@@ -564,48 +591,34 @@ class Talk:
     def _open_to(self, peer: PeerId) -> None:
         if not self._tx or peer in self._out or self._nursery is None:
             return
-        plan = self._plan
-        in_plan = plan is not None and peer in plan.children(plan.talker)
-        if not in_plan and plan is not None and peer in plan.members():
-            return  # a relay of the plan serves it (an announcement during the press is no reason)
-        limit = self.talk_config.relay_fanout
-        # Our own children count from the press on, not only once opened: the plan is published
-        # before they are, and a member heard meanwhile must not take one of their places.
-        reserved = set(self._out) | (set(plan.children(plan.talker)) if plan is not None else set())
-        if len(reserved) >= limit and not in_plan:
-            if peer not in self._skipped_peers:
-                self._skipped_peers.add(peer)
-                log.info("%s joined during the talk: not streaming to it, talk.relay_fanout (%d) "
-                         "reached", peer, limit, extra={"peer": peer})
-            return
         entry = _Out(peer, self._tx_gen, codec=self._codec_for(peer), dtx=self._dtx_for(peer))
         self._encoder_for(entry.codec)
         self._out[peer] = entry
-        self._spawn(self._request, entry)
+        self._spawn(self._request, entry, self._spread)
 
-    async def _request(self, entry: _Out) -> None:
+    async def _request(self, entry: _Out, spread: Spread | None = None) -> None:
         try:
-            sid = await self.handle.request_audio_stream(entry.peer)
+            context = encode_context(spread.context_for(entry.peer)) if spread is not None else b""
+            sid = await self.handle.request_audio_stream(entry.peer, context=context)
         except AviP2pError as exc:
             self.streams_failed += 1
             log.warning("cannot stream to %s: %s", entry.peer, exc, extra={"peer": entry.peer})
             if self._out.get(entry.peer) is entry:
                 del self._out[entry.peer]
-            plan = self._plan
-            if plan is not None and entry.generation == self._tx_gen:
-                # Its children would not hear: stream to them ourselves.
-                if self._plan is not None:
-                    self._plan = RelayPlan(plan.talker, plan.plan_id, plan.group,
-                                           {**plan.tree, plan.talker: plan.children(plan.talker)
-                                            + tuple(adopt(plan, entry.peer))})
-                for child in adopt(plan, entry.peer):
-                    self._open_to(PeerId(child))
+            if spread is not None:
+                spread.answered(entry.peer, accepted=False)
+                if spread is self._spread:
+                    self._spread_talk()  # the next member instead
             return
         if self._out.get(entry.peer) is not entry or entry.generation != self._tx_gen:
             await self._close_quietly(sid)  # released (or replaced) while the request ran
             return
         if sid in self._closed_recent:  # refused before we got here
             del self._out[entry.peer]
+            if spread is not None:
+                spread.answered(entry.peer, accepted=False)
+                if spread is self._spread:
+                    self._spread_talk()
             return
         entry.stream_id = sid
         self._out_by_sid[sid] = entry.peer
@@ -756,7 +769,12 @@ class Talk:
         return peer
 
     # --- receiving ---------------------------------------------------------------------------
-    def _on_request(self, peer: PeerId, sid: StreamId) -> None:
+    def _on_request(self, peer: PeerId, sid: StreamId, context: bytes = b"") -> None:
+        ctx = parse_context(context)
+        if ctx is not None:
+            self._decide_talk(peer, sid, ctx)
+            return
+        # No context: a node of the previous version (its relay plan comes over PLAN_TOPIC).
         ann = self._dir.get(peer)
         if self._relays.route(peer, trio.current_time()) is not None:
             self._decide(peer, sid)
@@ -785,15 +803,71 @@ class Talk:
             log.info("refused audio stream from %s: %s", peer, reason, extra={"peer": peer})
             self._spawn(self._reject, sid, reason)
             return
+        self._take(peer, sid, plan=plan)
+
+    def _take(self, peer: PeerId, sid: StreamId, *, plan: RelayPlan | None = None,
+              talk: TalkContext | None = None) -> _In:
+        tc = self.talk_config
         fmt = self.format
         learnt = self._learnt.get(peer)
         prior = learnt[1] if learnt is not None and trio.current_time() - learnt[0] <= LEARNT_FOR_S else None
         playout = AdaptivePlayout(fmt, lambda codec: make_codec(codec, fmt),
                                   min_delay_us=tc.jitter_target_ms * 1000, max_delay_us=tc.jitter_max_ms * 1000,
                                   prior=prior)
-        self._in[sid] = _In(peer, sid, playout, plan=plan)
+        ins = self._in[sid] = _In(peer, sid, playout, plan=plan, talk=talk)
         self._play_wake.set()
         self._spawn(self._accept, sid)
+        return ins
+
+    def _hearing(self, key: tuple[str, int]) -> _In | None:
+        for ins in self._in.values():
+            if ins.talk is not None and ins.talk.key == key and not ins.playout.closed:
+                return ins
+        return None
+
+    def _decide_talk(self, peer: PeerId, sid: StreamId, ctx: TalkContext) -> None:
+        """A stream of a talk (its context says whose press, which group): taken unless we hear
+        that talk already (then the offer is declined: the offerer learns it and offers the next
+        member), we are not in its group, or too many streams play."""
+        tc = self.talk_config
+        own = self._spread if self._tx else None
+        same = self._hearing(ctx.key)
+        reason: str | None = None
+        if ctx.talker == self._relays.me or same is not None:
+            reason = ALREADY_HEARING
+            spread = own if ctx.talker == self._relays.me else (same.spread if same is not None else None)
+            if spread is not None and spread.ctx.key == ctx.key:
+                spread.heard_by(peer)  # it hears: not offered to it again
+        elif ctx.group not in tc.groups:
+            reason = f"not in talk group {ctx.group!r} (this node is in {', '.join(tc.groups)})"
+        elif (ann := self._dir.get(peer)) is not None and ctx.group not in ann.groups:
+            reason = f"the sender is not in talk group {ctx.group!r}"
+        else:
+            active = sum(1 for i in self._in.values() if not i.playout.closed)
+            if active >= tc.max_streams:
+                reason = f"busy: already playing {active} streams (talk.max_streams={tc.max_streams})"
+        if reason is not None:
+            if reason == ALREADY_HEARING:
+                self.offers_declined += 1
+            else:
+                self.streams_rejected += 1
+                log.info("refused audio stream from %s: %s", peer, reason, extra={"peer": peer})
+            self._spawn(self._reject, sid, reason)
+            return
+        ins = self._take(peer, sid, talk=ctx)
+        if ctx.relay:
+            # Passed on at once, in parallel with our own accept: frames are relayed as they come.
+            ins.spread = Spread(self._relays.me, ctx, tc.relay_fanout, trio.current_time(), parent=str(peer),
+                                sweep_after_s=SPREAD_SWEEP_S)
+            self._spread_relay(ins)
+            self._spawn(self._sweep_later, ins, ins.spread)
+
+    def _spread_relay(self, ins: _In) -> None:
+        sp = ins.spread
+        if sp is None or ins.playout.closed or self._nursery is None:
+            return
+        for peer in sp.offers(self._candidates(sp.ctx), trio.current_time()):
+            self._relay_to(ins, PeerId(peer))
 
     async def _accept(self, sid: StreamId) -> None:
         try:
@@ -831,12 +905,17 @@ class Talk:
 
     async def _open_relay(self, ins: _In, child: PeerId) -> None:
         try:
-            sid = await self.handle.request_audio_stream(child)
+            context = (encode_context(ins.spread.context_for(child)) if ins.spread is not None
+                       else encode_context(ins.talk) if ins.talk is not None else b"")
+            sid = await self.handle.request_audio_stream(child, context=context)
         except AviP2pError as exc:
             self.relay_failures += 1
             log.warning("cannot relay to %s: %s", child, exc, extra={"peer": child})
             ins.relay_out.pop(child, None)
-            if ins.plan is not None:
+            if ins.spread is not None:
+                ins.spread.answered(child, accepted=False)
+                self._spread_relay(ins)
+            elif ins.plan is not None:
                 for grandchild in adopt(ins.plan, child):  # they would not hear otherwise
                     self._relay_to(ins, PeerId(grandchild))
             return
@@ -883,7 +962,7 @@ class Talk:
         # A stream from our parent taken before the plan arrived: relay it from now on (at
         # once if already accepted, else when the accept completes).
         for ins in self._in.values():
-            if ins.peer == parent and ins.plan is None and not ins.playout.closed:
+            if ins.peer == parent and ins.plan is None and ins.talk is None and not ins.playout.closed:
                 ins.plan = plan
                 if ins.accepted:
                     self._start_relay(ins)
@@ -941,12 +1020,20 @@ class Talk:
                 del self._pending[sid]
                 self._decide(peer, sid)
         if self._tx and self.talk_config.active_group in ann.groups and peer in self.handle.connected_peers():
-            self._open_to(peer)  # joined (or became known) while the button is held
+            self._spread_talk()  # joined (or became known) while the button is held
 
     def _on_accepted(self, peer: PeerId, sid: StreamId) -> None:
+        relayed = self._relay_sids.get(sid)
+        if relayed is not None:
+            src = self._in.get(relayed)
+            if src is not None and src.spread is not None:
+                src.spread.answered(peer, accepted=True)
+            return
         entry = self._out.get(peer)
         if entry is not None and entry.stream_id == sid:
             entry.accepted = True
+            if self._spread is not None:
+                self._spread.answered(peer, accepted=True)
             log.info("%s accepted our stream", peer, extra={"peer": peer, "stream": f"{sid:x}"})
 
     def _on_closed(self, peer: PeerId, sid: StreamId, reason: str) -> None:
@@ -965,12 +1052,27 @@ class Talk:
             src = self._in.get(relayed)
             if src is not None and src.relay_out.get(peer) == sid:
                 del src.relay_out[peer]
+                if src.spread is not None and not src.playout.closed:
+                    self._offer_closed(src.spread, peer, reason)
+                    self._spread_relay(src)
             return
+        entry = self._out.get(peer)
         if self._forget_out(sid) is not None:
-            level = logging.INFO if reason.endswith("normal") else logging.WARNING
+            hears = ALREADY_HEARING in reason
+            level = logging.DEBUG if hears else logging.INFO if reason.endswith("normal") else logging.WARNING
             log.log(level, "stream to %s closed: %s", peer, reason, extra={"peer": peer})
+            if self._spread is not None and entry is not None and entry.stream_id == sid:
+                self._offer_closed(self._spread, peer, reason)
+                self._spread_talk()
         else:
             self._closed_recent.append(sid)
+
+    @staticmethod
+    def _offer_closed(spread: Spread, peer: PeerId, reason: str) -> None:
+        if peer in spread.accepted:
+            spread.gone(peer)
+        else:
+            spread.answered(peer, accepted=False, hears=ALREADY_HEARING in reason)
 
     def _on_connected(self, peer: PeerId) -> None:
         if len(self.handle.connected_peers()) <= 2:
@@ -979,7 +1081,7 @@ class Talk:
             self._announce_wake.set()
         ann = self._dir.get(peer)
         if self._tx and ann is not None and self.talk_config.active_group in ann.groups:
-            self._open_to(peer)
+            self._spread_talk()
 
     def _on_disconnected(self, peer: PeerId) -> None:
         entry = self._out.get(peer)

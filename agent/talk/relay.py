@@ -1,5 +1,22 @@
 """Talk fan-out through a relay tree. Pure: no I/O, time passed in.
 
+How a talk spreads (since the stream context, `/avi/audio/1.1.0`): every stream of a talk
+carries a `TalkContext` (talker, press number, group) in its REQUEST, so a node that receives
+one knows at once which talk it is and whether it hears it already, without waiting for any
+pub/sub message. A node that accepts a talk passes it on over the connections it already has
+(the mesh keeps a bounded set): `Spread` picks, among its connected members of the group that
+are not known to hear the talk yet, at most ``fanout`` at a time; a member that already hears
+the talk from someone else declines ("already hearing"), and the next one is offered. So the
+talk floods the connection graph as a tree (each member accepts exactly one stream: N-1 copies
+a frame, the minimum for unicast), no node sends more than ``fanout`` copies in the common case,
+and no stream needs a new connection (connecting on demand costs a handshake, and a slot under
+another node's ``max_peers``). ``sweep_after_s`` after it started, a node also offers the talk
+to its remaining connected members: one whose neighbours all filled their ``fanout`` with
+others would not hear otherwise; most decline (they hear already).
+
+The older scheme, still understood (a talker of the previous version publishes it): the talker
+plans the whole tree and publishes it on `PLAN_TOPIC`; see below.
+
 A talker does not send one copy per listener. At a press it plans a tree over the members of
 its talk group: it streams to at most ``fanout`` children, each child forwards every frame it
 receives, unchanged (codec id and capture timestamp included: frames are opaque bytes), to at
@@ -22,9 +39,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-__all__ = ["PLAN_TOPIC", "RelayPlan", "plan_tree", "encode_plan", "parse_plan", "RelayTable", "MAX_PLAN_BYTES"]
+__all__ = ["PLAN_TOPIC", "RelayPlan", "plan_tree", "encode_plan", "parse_plan", "RelayTable", "MAX_PLAN_BYTES",
+           "TalkContext", "encode_context", "parse_context", "Spread", "ALREADY_HEARING", "MAX_CONTEXT_BYTES"]
 
 PLAN_TOPIC = "avi/talk/plan"
 MAX_PLAN_BYTES = 60 * 1024
@@ -82,6 +100,17 @@ def plan_tree(talker: str, members: Collection[str], fanout: int, plan_id: int, 
     return RelayPlan(talker, plan_id, group, tree)
 
 
+def _v1_object(data: bytes, limit: int) -> dict | None:  # type: ignore[type-arg]
+    """The JSON object of version 1 in ``data`` (at most ``limit`` bytes), or None."""
+    if not data or len(data) > limit:
+        return None
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return obj if isinstance(obj, dict) and obj.get("v") == 1 else None
+
+
 def encode_plan(plan: RelayPlan) -> bytes:
     return json.dumps({"v": 1, "plan": plan.plan_id, "talker": plan.talker, "group": plan.group,
                        "tree": {p: list(c) for p, c in plan.tree.items()}}, separators=(",", ":")).encode()
@@ -89,13 +118,8 @@ def encode_plan(plan: RelayPlan) -> bytes:
 
 def parse_plan(data: bytes, from_peer: str) -> RelayPlan | None:
     """The plan in ``data`` if it is a valid one published by its own talker, else None."""
-    if len(data) > MAX_PLAN_BYTES:
-        return None
-    try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(obj, dict) or obj.get("v") != 1 or "plan" not in obj:
+    obj = _v1_object(data, MAX_PLAN_BYTES)
+    if obj is None or "plan" not in obj:
         return None
     talker, pid, group, tree = obj.get("talker"), obj.get("plan"), obj.get("group"), obj.get("tree")
     if talker != from_peer or not isinstance(pid, int) or not isinstance(group, str) or not isinstance(tree, dict):
@@ -151,3 +175,153 @@ class RelayTable:
 def adopt(plan: RelayPlan, unreachable: str) -> Sequence[str]:
     """The children a relay takes over when its child ``unreachable`` cannot be reached."""
     return plan.children(unreachable)
+
+
+# --- the stream context and the spread of a talk ----------------------------------------------
+
+MAX_CONTEXT_BYTES = 1024  # the mesh's limit for a REQUEST's context
+ALREADY_HEARING = "already hearing this talk"  # the decline reason a spreading node learns from
+
+
+@dataclass(frozen=True, slots=True)
+class TalkContext:
+    """What a stream of a talk is: whose press (``talk``: the talker's press number), in which
+    group, and whether the receiver passes it on (``relay``; False for a small group that the
+    talker streams to directly)."""
+
+    talker: str
+    talk: int
+    group: str
+    relay: bool = True
+    # Peers the sender knows to hear the talk or is offering it to itself: the receiver does not
+    # offer it to them (fewer offers that would be declined). At most MAX_COVERED.
+    covered: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.talker, self.talk)
+
+
+MAX_COVERED = 12
+
+
+def encode_context(ctx: TalkContext) -> bytes:
+    """The context's bytes; as many of ``covered`` as fit (MAX_COVERED, MAX_CONTEXT_BYTES)."""
+    covered = list(ctx.covered[:MAX_COVERED])
+    while True:
+        obj: dict[str, object] = {"v": 1, "t": ctx.talker, "n": ctx.talk, "g": ctx.group, "r": int(ctx.relay)}
+        if covered:
+            obj["c"] = covered
+        data = json.dumps(obj, separators=(",", ":")).encode()
+        if len(data) <= MAX_CONTEXT_BYTES:
+            return data
+        if not covered:
+            raise ValueError(f"talk context of {len(data)} bytes exceeds {MAX_CONTEXT_BYTES}")
+        covered.pop()
+
+
+def parse_context(data: bytes) -> TalkContext | None:
+    """The context in a stream request, or None (no context: an older node; or not valid)."""
+    obj = _v1_object(data, MAX_CONTEXT_BYTES)
+    if obj is None:
+        return None
+    talker, talk, group, relay = obj.get("t"), obj.get("n"), obj.get("g"), obj.get("r", 1)
+    covered = obj.get("c", [])
+    if not isinstance(talker, str) or not talker or not isinstance(talk, int) or isinstance(talk, bool) \
+            or not isinstance(group, str) or relay not in (0, 1) or not isinstance(covered, list) \
+            or len(covered) > MAX_COVERED or not all(isinstance(c, str) for c in covered):
+        return None
+    return TalkContext(talker, talk, group, bool(relay), tuple(covered))
+
+
+def spread_order(ctx: TalkContext, peers: Collection[str]) -> list[str]:
+    """``peers`` in the order a node offers them this talk: stable per talk, different per talk
+    and per node's set, so the tree does not always take the same edges."""
+    return sorted(peers, key=lambda p: _rank(f"{ctx.talker}/{ctx.talk}", p))
+
+
+class Spread:
+    """Which peers one node offers one talk to, and when. Pure: the caller opens the streams and
+    reports each outcome; time is passed in.
+
+    ``known`` peers hear the talk already (the talker, our parent, peers that offered it to us
+    or declined ours as ``ALREADY_HEARING``). An offer counts against ``fanout`` while it is
+    pending (for ``patience_s`` at most: a peer that does not answer does not hold a place) and
+    once accepted. From ``sweep_after_s`` after the start on, every connected candidate not known
+    to hear is offered, whatever the fanout."""
+
+    def __init__(self, me: str, ctx: TalkContext, fanout: int, now: float, *, parent: str | None = None,
+                 sweep_after_s: float = 1.0, patience_s: float = 1.0, max_offers: int | None = None) -> None:
+        if fanout < 1:
+            raise ValueError("fanout must be at least 1")
+        self.ctx = ctx
+        self.fanout = fanout
+        self.started = now
+        self.sweep_at = now + sweep_after_s
+        self.patience_s = patience_s
+        self.max_offers = max_offers  # offers before the sweep (None: no limit)
+        self.offered = 0
+        self.known: set[str] = {me, ctx.talker, *ctx.covered} | ({parent} if parent is not None else set())
+        self.pending: dict[str, float] = {}  # peer -> when offered
+        self.accepted: set[str] = set()
+        self.declined: set[str] = set()      # declined or failed: not offered again this talk
+
+    def covered(self) -> set[str]:
+        """Peers that hear the talk or are being offered it by this node (a child told these
+        does not offer it to them again)."""
+        return self.known | self.accepted | set(self.pending)
+
+    def context_for(self, peer: str) -> TalkContext:
+        """The context of our offer to ``peer``: the talk, and whom it need not offer it to
+        (those nearest the talker first: they are the likeliest to be its neighbours too)."""
+        near = [p for p in (self.ctx.talker, *sorted(self.accepted | set(self.pending)), *sorted(self.known))
+                if p != peer]
+        return replace(self.ctx, covered=tuple(dict.fromkeys(near))[:MAX_COVERED])
+
+    def heard_by(self, peer: str) -> None:
+        """``peer`` hears this talk (it offered it to us, or said so)."""
+        self.known.add(peer)
+
+    def offers(self, candidates: Sequence[str], now: float, *, unconnected: Sequence[str] = ()) -> list[str]:
+        """The peers to offer the talk to now (each is then pending), in order. ``candidates``:
+        connected peers that may be in the group, best first; ``unconnected``: members that need
+        a new connection, offered only when no connected candidate is left (the talker of a
+        fleet it is not connected into), never by the sweep."""
+        done = self.known | self.accepted | self.declined | set(self.pending)
+        fresh = [c for c in candidates if c not in done]
+        if now >= self.sweep_at:
+            picked = fresh
+        else:
+            busy = len(self.accepted) + sum(1 for t in self.pending.values() if now - t < self.patience_s)
+            room = self.fanout - busy
+            if self.max_offers is not None:
+                room = min(room, self.max_offers - self.offered)
+            picked = fresh[:max(0, room)]
+            if all(c in self.known or c in self.declined for c in candidates):
+                # No connected candidate left (none pending or accepted either): connect.
+                extra = [c for c in unconnected if c not in done]
+                picked = extra[:max(0, room)]
+        for p in picked:
+            self.pending[p] = now
+        self.offered += len(picked)
+        return picked
+
+    def answered(self, peer: str, *, accepted: bool, hears: bool = False) -> None:
+        """The outcome of our offer to ``peer``: accepted, or not (``hears``: it declined because
+        it hears the talk already)."""
+        self.pending.pop(peer, None)
+        if accepted:
+            self.accepted.add(peer)
+            self.declined.discard(peer)
+        else:
+            self.accepted.discard(peer)
+            self.declined.add(peer)
+            if hears:
+                self.known.add(peer)
+
+    def gone(self, peer: str) -> None:
+        """An accepted child's stream ended before the talk: its place is free again (it is not
+        offered again: if it still hears, it hears from someone else)."""
+        if peer in self.accepted:
+            self.accepted.discard(peer)
+            self.declined.add(peer)

@@ -459,3 +459,35 @@ def test_prop_header_field_flips_are_typed(sent: list[Frame], data: st.DataObjec
     got, decoder, error = feed_in_chunks(bytes(wire), [])
     assert got == []
     assert isinstance(error, UnsupportedVersion if byte == 0 else MalformedHeader)
+
+
+def test_a_request_context_only_on_a_1_1_stream_and_within_its_bound() -> None:
+    """/avi/audio/1.1.0: a REQUEST may carry a context after its 6 bytes of parameters (at most
+    MAX_CONTEXT); on a 1.0.0 stream the same bytes stay malformed (what a node of the previous
+    version says), and a context is refused before it is sent there."""
+    from agent.mesh._audio_protocol import AudioStreamConnection, Role, StreamRequested
+    from agent.mesh._frames import MAX_CONTEXT
+
+    params = StreamParams(codec=Codec.OPUS, context=b"what it is for")
+    frame = Frame(FrameType.REQUEST, 9, codec=Codec.OPUS, payload=encode_params(params))
+    wire = encode_frame(frame, contexts=True)
+    decoder = FrameDecoder(contexts=True)
+    [back] = decoder.feed(wire)
+    assert back.params == params and encode_frame(back, contexts=True) == wire
+    with pytest.raises(FrameEncodeError):
+        encode_frame(frame)  # a 1.0.0 stream
+    with pytest.raises(MalformedPayload):
+        FrameDecoder().feed(wire)
+    longest = Frame(FrameType.REQUEST, 9, payload=encode_params(StreamParams(context=b"x" * MAX_CONTEXT)))
+    assert FrameDecoder(contexts=True).feed(encode_frame(longest, contexts=True)) == [longest]
+    with pytest.raises(FrameEncodeError):
+        encode_params(StreamParams(context=b"x" * (MAX_CONTEXT + 1)))
+    with pytest.raises(MalformedPayload):
+        FrameDecoder(contexts=True).feed(raw_header(ftype=FrameType.REQUEST, length=PARAMS.size + MAX_CONTEXT + 1)
+                                          + PARAMS.pack(16000, 1, 20) + b"x" * (MAX_CONTEXT + 1))
+    # The state machine: the initiator's context reaches the responder's event.
+    i, r = AudioStreamConnection(Role.INITIATOR, contexts=True), AudioStreamConnection(Role.RESPONDER, contexts=True)
+    [ev] = r.receive_data(i.request(5, StreamParams(context=b"ctx")))
+    assert isinstance(ev, StreamRequested) and ev.params.context == b"ctx"
+    with pytest.raises(LocalProtocolError):
+        AudioStreamConnection(Role.INITIATOR).request(5, StreamParams(context=b"ctx"))

@@ -6,7 +6,7 @@ import pytest
 import trio
 
 from agent.mesh import (AudioData, AudioStreamAccepted, AudioStreamClosed, AudioStreamRequested,
-                        NotRunningError, ProtocolError, UnknownPeerError, UnknownStreamError)
+                        LimitError, NotRunningError, ProtocolError, UnknownPeerError, UnknownStreamError)
 from tests.mesh.meshutil import chain, nodes
 from tests.poll import wait_until
 
@@ -177,3 +177,31 @@ async def test_handle_errors_are_typed():
         await handle.publish("t", b"x")
     with pytest.raises(NotRunningError):
         await handle.send_audio(sid, b"x")
+
+
+async def test_a_request_carries_its_context_and_a_node_of_the_previous_version_gets_the_stream_without_it():
+    """/avi/audio/1.1.0: the REQUEST carries the requester's context (what the stream is for) to
+    the other side's AudioStreamRequested. A node that only speaks 1.0.0 (the version before)
+    is offered 1.0.0 as well and gets the same stream without the context, and works."""
+    from agent.mesh._frames import PROTOCOL_ID_CONTEXT
+
+    async with nodes(3) as (a, b, old):
+        old.node._host.remove_stream_handler(PROTOCOL_ID_CONTEXT)  # before identify tells a
+        await chain([a, b])
+        await chain([a, old])
+        sid = await a.h.request_audio_stream(b.peer_id, context=b"talk 7 of a")
+        [req] = await b.wait_for(lambda e: requested(e) and e.stream_id == sid)
+        assert req.context == b"talk 7 of a"
+        plain = await a.h.request_audio_stream(b.peer_id)
+        [req] = await b.wait_for(lambda e: requested(e) and e.stream_id == plain)
+        assert req.context == b""
+        sid_old = await a.h.request_audio_stream(old.peer_id, context=b"talk 7 of a")
+        [req] = await old.wait_for(lambda e: requested(e) and e.stream_id == sid_old)
+        assert req.context == b""
+        await old.h.accept_audio_stream(sid_old)
+        await a.wait_for(lambda e: isinstance(e, AudioStreamAccepted) and e.stream_id == sid_old)
+        await a.h.send_audio(sid_old, b"\x05" * 40, timestamp_us=99)
+        [frame] = await old.wait_for(audio(sid_old))
+        assert frame.data == b"\x05" * 40
+        with pytest.raises(LimitError):
+            await a.h.request_audio_stream(b.peer_id, context=b"x" * 1025)

@@ -39,7 +39,7 @@ class _RecordingHandle:
         self.sent: list[tuple[int, int]] = []
         self.gates: dict[tuple[int, int], trio.Event] = {}
 
-    async def request_audio_stream(self, peer: PeerId) -> int:
+    async def request_audio_stream(self, peer: PeerId, *, context: bytes = b"") -> int:
         await trio.lowlevel.checkpoint()
         return 7
 
