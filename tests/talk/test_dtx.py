@@ -120,7 +120,7 @@ async def test_gaps_go_only_to_listeners_that_play_them_and_the_previous_version
 async def test_a_relayed_press_leaves_packets_out_only_if_every_member_plays_gaps(
         tmp_path: Path, monkeypatch, second: str) -> None:
     """relay_fanout 1: the talker streams to one member, which relays its frames unchanged
-    (gap markers included) to the other."""
+    (gap markers included) to the other (the talk spreads over their connection)."""
     import tests.talk.rig as rig
 
     wav = bursts(tmp_path / "bursts.wav")
@@ -136,8 +136,9 @@ async def test_a_relayed_press_leaves_packets_out_only_if_every_member_plays_gap
         await talker.hold(2.5)
         await wait_until(lambda: all(x.talk.stats().streams_in == 0 and x.talk.stats().frames_played > 0
                                      for x in (first, other)), 15, "both members to hear the talk end")
-        plan = talker.talk._plan
-    assert plan is not None and plan.depth() == 2, plan
+        relayed = {x.name: x.talk.frames_relayed for x in (first, other)}
+    # With relay_fanout 1 the talker streams to one member, which passes the talk on to the other.
+    assert sorted(v > 0 for v in relayed.values()) == [False, True], relayed
     got = {x.name: (packets(x), markers(x)) for x in (first, other)}
     print(f"members {second}: (packets, markers) {got}")
     if second == "new":
