@@ -53,6 +53,8 @@ CHANGE_GAP_FRACTION = 0.1
 FLEET_STATUS_RATE = 1.0
 # A node is stale after this many of its own intervals without a message (at least stale_after_s).
 STALE_INTERVALS = 2.5
+# A node still "starting" publishes its first status when it is ready, or after this long.
+STARTING_GRACE_S = 2.0
 
 
 def listed_peers(peers: Iterable[str], is_node: Callable[[str], bool]) -> list[str]:
@@ -499,7 +501,12 @@ class Status:
         """Subscribe, then publish every ``interval_s`` and on change until cancelled."""
         await self.handle.subscribe(self.config.topic)
         task_status.started()
-        next_tick = trio.current_time()
+        # A node still starting waits (up to STARTING_GRACE_S) for its first message to say
+        # "ok": the "starting" one, published before the node has peers, reached them only late
+        # (GossipSub's replay), followed by "ok" a moment after; one message per node start
+        # less for a fleet that starts together.
+        starting = self.build().state == "starting"
+        next_tick = trio.current_time() + (STARTING_GRACE_S if starting else 0.0)
         while True:
             with trio.move_on_at(next_tick):
                 await _first_of(self._changed, self._reconfigured)
@@ -513,7 +520,10 @@ class Status:
             elif self._changed.is_set():
                 self._changed = trio.Event()
                 if self._change_key(self.build()) != self._last_key:
+                    first = self.published == 0
                     await self.publish_now()
+                    if first:  # the first message is the first tick
+                        next_tick = trio.current_time() + self.interval()
             # Coalesce bursts of changes (more so in a big fleet, where the fleet count changes
             # with every node that starts).
             await trio.sleep(max(MIN_PUBLISH_GAP_S, CHANGE_GAP_FRACTION * self.interval()))

@@ -67,7 +67,11 @@ that fixes one makes its test fail, and the workaround can then be deleted.
 15. The signed peer record (213 bytes) on every pub/sub RPC (`DeliveringPubsub.write_msg`):
     py-libp2p attaches the sender's record to each RPC, and each receiver verifies it again.
     A peer gets it in our first RPC (the subscriptions "hello") and whenever subscriptions
-    change; RPCs carrying messages or gossip control go without it.
+    change; RPCs carrying messages or gossip control go without it. GossipSub also builds that
+    record for every message it sends or forwards and every control RPC (`env_to_send_in_RPC`:
+    the host's addresses parsed again, the cached envelope compared and marshalled), ~1 % of a
+    core per node while a 50-node fleet starts, for a field we then drop: for a node's own
+    pub/sub (`_lean_record_hosts`) GossipSub's copy of that function returns nothing.
 16. A node's own messages go to its topic mesh only (`_QuietGossipSub._get_peers_to_send`):
     a node that just connected has an empty mesh until the next heartbeat grafts, so what it
     publishes meanwhile (its first status, its talk groups) reaches nobody. go-libp2p floods
@@ -87,12 +91,20 @@ that fixes one makes its test fail, and the workaround can then be deleted.
     DecodeError", the node restarted its mesh). A peer that sends garbage (a bug, a write cut
     off half-way, malice) must cost only its own pub/sub stream: we reset that stream and drop
     the peer from pub/sub, as py-libp2p does for a bad length prefix.
+19. IHAVE gossip to at least 6 peers every heartbeat, whatever the settings
+    (`_QuietGossipSub._get_adaptive_gossip_peers_count`): py-libp2p has no D_lazy parameter
+    (it returns max(6 or 8, a share of the topic's peers)). Each heartbeat a node sent the ids of
+    the last 3 heartbeats' messages to 6 non-mesh peers: at N = 50, 19 ids/s (0.95 kB/s, plus a
+    packet and an ACK per RPC) of a node's 2.7 kB/s idle upload, for messages the mesh had
+    already delivered (IWANT 0.1/s). We gossip to `GOSSIP_PEERS` peers: gossip only repairs what
+    the mesh lost, and each id is still offered in 3 heartbeats by every node that has it.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import weakref
 from collections.abc import Callable, Sequence
 
 import multiaddr
@@ -143,6 +155,22 @@ def secure_host(key_pair: KeyPair, *, enable_mdns: bool, max_connections: int) -
 
 
 from libp2p.stream_muxer.yamux import yamux as _yamux_module  # noqa: E402
+from libp2p.pubsub import gossipsub as _gossipsub_module  # noqa: E402
+
+ORIGINAL_ENV_TO_SEND_IN_RPC = _gossipsub_module.env_to_send_in_RPC
+_lean_record_hosts: "weakref.WeakSet[IHost]" = weakref.WeakSet()
+
+
+def _env_for_gossip_rpcs(host: IHost) -> tuple[bytes, bool]:
+    """GossipSub's `env_to_send_in_RPC`: every RPC it builds carries messages or control, which
+    `DeliveringPubsub.write_msg` sends without the record (defect 15), so for those hosts there
+    is nothing to build."""
+    if host in _lean_record_hosts:
+        return b"", False
+    return ORIGINAL_ENV_TO_SEND_IN_RPC(host)
+
+
+_gossipsub_module.env_to_send_in_RPC = _env_for_gossip_rpcs
 
 ORIGINAL_WINDOW_UPDATE = _yamux_module.YamuxStream._auto_tune_and_send_window_update
 
@@ -238,6 +266,8 @@ def _disable_auto_connector(host: IHost) -> None:
 
 PENDING_TTL_S = 5.0
 PENDING_MAX = 32
+# Non-mesh peers each heartbeat's IHAVE goes to (GossipSub's D_lazy; go-libp2p's default is 6).
+GOSSIP_PEERS = 2
 
 
 class _QuietGossipSub(GossipSub):
@@ -251,6 +281,9 @@ class _QuietGossipSub(GossipSub):
             self.pending_trimmed += len(queue) - self._max_pending_messages_per_peer
             del queue[: len(queue) - self._max_pending_messages_per_peer]
         super()._prune_pending_messages(peer_id)
+
+    def _get_adaptive_gossip_peers_count(self, topic: str, total_peers: int) -> int:
+        return min(GOSSIP_PEERS, max(0, total_peers))  # D_lazy (defect 19)
 
     def _get_peers_to_send(self, topic_ids, msg_forwarder, origin, msg_id=None):  # type: ignore[no-untyped-def]
         topic_ids = list(topic_ids)
@@ -330,6 +363,7 @@ class DeliveringPubsub(Pubsub):
     def __init__(self, host: IHost, router: GossipSub, deliver: Callable[[rpc_pb2.Message], None],
                  max_message_size: int) -> None:
         super().__init__(host, router, strict_signing=True, max_inbound_rpc_size=max_message_size + 4096)
+        _lean_record_hosts.add(host)  # GossipSub's RPCs go without the record (defect 15)
         self._deliver = deliver
         self.unsent = 0  # messages an outbound queue refused (see _RoomyQueues)
         self.peer_queues = _RoomyQueues(self._count_unsent)

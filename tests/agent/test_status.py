@@ -357,3 +357,29 @@ def test_an_older_message_arriving_late_does_not_replace_a_newer_one() -> None:
     # Without sequence numbers (an older sender of events), the latest to arrive wins.
     assert view.receive(PEER_B, status(1, 0.4, 5.0)) is not None
     assert view.entries()[0].status.seq == 1
+
+
+async def test_a_starting_node_publishes_first_when_ready(autojump_clock, hang_guard) -> None:
+    """One message per node start less: the "starting" one (no peers yet) is not sent when the
+    node is ready within STARTING_GRACE_S; a node that stays "starting" publishes it then."""
+    from agent.status import STARTING_GRACE_S
+
+    for ready_after, expect in ((0.3, ["ok"]), (None, ["starting"])):
+        h = FakeHandle()
+        state = ["starting"]
+        status = Status(StatusConfig(interval_s=10.0, stale_after_s=30.0), h, "pi-a", PEER_A,
+                        lambda: LocalFigures(state=state[0], peers=[]))
+        t0 = trio.current_time()
+        async with trio.open_nursery() as n:
+            await n.start(status.run)
+            if ready_after is not None:
+                await trio.sleep(ready_after)
+                state[0] = "ok"
+                status.poke()
+            await trio.sleep(STARTING_GRACE_S + 1.0)
+            assert [StatusMessage.model_validate_json(d).state for _, d in h.published] == expect
+            # the next one is a tick: an interval after the first
+            first_at = h.published_at[0] - t0
+            await trio.sleep(10.0 + first_at - (STARTING_GRACE_S + 1.0 + (ready_after or 0)) + 0.01)
+            assert len(h.published) == 2 and h.published_at[1] - h.published_at[0] == pytest.approx(10.0, abs=1e-6)
+            n.cancel_scope.cancel()

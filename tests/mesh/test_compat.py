@@ -675,3 +675,63 @@ async def test_a_malformed_rpc_stops_plain_pubsub_and_only_resets_the_stream_wit
         assert stream.was_reset and dead == [peer] and ours.malformed == 1
     finally:
         ours.release()
+
+
+# --- 19. IHAVE gossip to at least 6 peers -------------------------------------------------------
+
+
+def test_gossip_goes_to_six_peers_whatever_the_settings_and_to_gossip_peers_with_ours():
+    plain = GossipSub([GOSSIPSUB_PROTOCOL_ID], degree=3, degree_low=2, degree_high=4)
+    assert plain._get_adaptive_gossip_peers_count("t", 6) == 6  # the defect: no D_lazy setting
+    assert plain._get_adaptive_gossip_peers_count("t", 2) == 6
+    ours = compat.gossip_router(heartbeat=1.0, rate_limit=200, all_on_loopback=True)
+    assert ours._get_adaptive_gossip_peers_count("t", 21) == compat.GOSSIP_PEERS == 2
+    assert ours._get_adaptive_gossip_peers_count("t", 1) == 1
+
+
+async def test_a_heartbeat_gossips_to_gossip_peers_non_mesh_peers():
+    me, *others = (ID(bytes([0, 36]) + bytes([i]) * 36) for i in range(1, 11))
+    ours = compat.gossip_router(heartbeat=1.0, rate_limit=200, all_on_loopback=True)
+    _router_with_peers(ours, me, others)
+    for p in others:
+        ours.peer_protocol[p] = GOSSIPSUB_PROTOCOL_ID
+    ours.mesh["t"] = set(others[:3])
+    ours.mcache.put(rpc_pb2.Message(from_id=me.to_bytes(), seqno=(1).to_bytes(8, "big"), data=b"x",
+                                    topicIDs=["t"]))
+    gossip = ours.gossip_heartbeat()
+    assert len(gossip) == compat.GOSSIP_PEERS and not set(gossip) & set(others[:3])
+
+
+async def test_gossipsub_builds_the_record_for_every_message_and_ours_does_not(monkeypatch):
+    """Defect 15's other half: GossipSub reads the host's addresses and marshals the signed
+    record for each message it sends or forwards, for a field write_msg then drops."""
+    from libp2p.host.basic_host import BasicHost
+
+    calls = [0]
+    original = BasicHost.get_addrs
+
+    def counting(self):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        return original(self)
+
+    monkeypatch.setattr(BasicHost, "get_addrs", counting)
+
+    async def publish_ten(pubsub: Pubsub) -> int:
+        calls[0] = 0
+        for i in range(10):
+            msg = rpc_pb2.Message(from_id=pubsub.my_id.to_bytes(), seqno=i.to_bytes(8, "big"), data=b"x",
+                                  topicIDs=["t"])
+            await pubsub.router.publish(pubsub.my_id, msg)
+        return calls[0]
+
+    plain = Pubsub(secure(), default_router())
+    try:
+        assert await publish_ten(plain) >= 10  # the defect: once per message at least
+    finally:
+        plain.seen_messages.stop() if hasattr(plain.seen_messages, "stop") else None
+    ours = compat.DeliveringPubsub(secure(), compat.gossip_router(heartbeat=1.0, rate_limit=200,
+                                                                 all_on_loopback=True), lambda m: None, 65536)
+    try:
+        assert await publish_ten(ours) == 0
+    finally:
+        ours.release()
