@@ -15,6 +15,10 @@ Settings compared (each on a fresh connection, same loss):
 - route-rto-min: `ip route replace ... rto_min 20ms` on both hosts (needs CAP_NET_ADMIN: what a
   --root install could configure; works on every kernel the Pi runs)
 - route-rto-min + thin-linear
+- ... + drop-stale: the sender keeps messages in its own queue while the socket holds unsent
+  bytes (SIOCOUTQNSD), and drops those older than 200 ms instead of sending them (what a
+  sender-side "do not queue what can no longer be played" would do); a message is then
+  either on time-ish or never sent. The dump marks the messages never delivered.
 
 Needs root. ``.venv/bin/python bench/tcp_thin.py [--loss 10] [--seconds 20]``
 """
@@ -36,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 TCP_THIN_LINEAR_TIMEOUTS = 16  # linux/tcp.h
 TCP_RTO_MIN_US = 45            # linux/tcp.h, Linux 6.15+
+SIOCOUTQNSD = 0x894B           # linux/sockios.h: bytes in the send queue not sent yet
 HDR = struct.Struct("<QI")
 
 
@@ -46,6 +51,8 @@ def apply(sock: socket.socket, opts: list[str]) -> list[str]:
         try:
             if o == "thin":
                 sock.setsockopt(socket.IPPROTO_TCP, TCP_THIN_LINEAR_TIMEOUTS, 1)
+            elif o.startswith("stale="):
+                pass  # the sender's own queue, see sender()
             elif o.startswith("rtomin="):
                 sock.setsockopt(socket.IPPROTO_TCP, TCP_RTO_MIN_US, int(o.split("=")[1]))
             done.append(o)
@@ -63,7 +70,8 @@ def receiver(host: str, port: int, opts: list[str]) -> None:
     conn, _ = srv.accept()
     applied = apply(conn, opts)
     buf = b""
-    delays = []
+    delays: list[float] = []
+    stamps: list[int] = []
     while True:
         data = conn.recv(65536)
         if not data:
@@ -76,7 +84,8 @@ def receiver(host: str, port: int, opts: list[str]) -> None:
                 break
             buf = buf[HDR.size + n:]
             delays.append((now - ts) / 1000)
-    print(json.dumps({"delays_ms": delays, "applied": applied}), flush=True)
+            stamps.append(ts)
+    print(json.dumps({"delays_ms": delays, "ts_us": stamps, "applied": applied}), flush=True)
 
 
 def tcp_info(sock: socket.socket) -> dict[str, int]:
@@ -94,15 +103,39 @@ def sender(host: str, port: int, opts: list[str], seconds: float, period_ms: flo
     s = socket.create_connection((host, port))
     applied = apply(s, opts)
     n = int(seconds * 1000 / period_ms)
+    stale_us = next((int(o.split("=")[1]) for o in opts if o.startswith("stale=")), 0)
     t0 = time.monotonic()
-    for i in range(n):
-        time.sleep(max(0.0, t0 + i * period_ms / 1000 - time.monotonic()))
-        ts = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-        s.sendall(HDR.pack(ts, size) + bytes(size))
+    if not stale_us:
+        for i in range(n):
+            time.sleep(max(0.0, t0 + i * period_ms / 1000 - time.monotonic()))
+            ts = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+            s.sendall(HDR.pack(ts, size) + bytes(size))
+        dropped = 0
+    else:
+        import fcntl
+        from collections import deque
+
+        queue: deque[int] = deque()
+        dropped = i = 0
+        while i < n or queue:
+            now = time.monotonic()
+            if i < n and now >= t0 + i * period_ms / 1000:
+                queue.append(time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000)
+                i += 1
+            unsent = struct.unpack("i", fcntl.ioctl(s.fileno(), SIOCOUTQNSD, b"\0\0\0\0"))[0]
+            if unsent == 0:
+                now_us = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+                while queue and now_us - queue[0] > stale_us:
+                    queue.popleft()
+                    dropped += 1
+                if queue:
+                    s.sendall(b"".join(HDR.pack(ts, size) + bytes(size) for ts in queue))
+                    queue.clear()
+            time.sleep(0.002)
     time.sleep(1.0)
     info = tcp_info(s)
     s.close()
-    print(json.dumps({"sent": n, "applied": applied, "info": info}), flush=True)
+    print(json.dumps({"sent": n, "dropped": dropped, "applied": applied, "info": info}), flush=True)
 
 
 def main() -> int:
@@ -140,6 +173,7 @@ def main() -> int:
         ("sockopt-rto-min 30ms", ["rtomin=30000"], False),
         ("sockopt-rto-min 40ms", ["rtomin=40000"], False),
         ("sockopt-rto-min 50ms", ["rtomin=50000"], False),
+        ("sockopt-rto-min 20ms + drop-stale", ["rtomin=20000", "stale=200000"], False),
     ]
     if a.only:
         settings = [s for s in settings if s[0] in a.only.split(",")]
@@ -173,6 +207,7 @@ def main() -> int:
                 rx.set_loss(0)
                 d = got["delays_ms"]
                 traces.append({"loss": loss, "setting": name, "period_ms": a.period_ms, "delays_ms": d,
+                               "ts_us": got["ts_us"], "dropped": sent.get("dropped", 0),
                                "load": os.getloadavg()[0]})
                 late100 = sum(x > 100 for x in d) / max(1, len(d)) * 100
                 late200 = sum(x > 200 for x in d) / max(1, len(d)) * 100
