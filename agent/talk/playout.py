@@ -29,7 +29,8 @@ slower than it came.
   which is neither concealment nor a stall (nothing counted, no rebuffering, nothing fed to the
   delay estimate, whose transit-based samples do not see the gap anyway), and the first packet
   after the gap plays at its capture timestamp: the silence lasts exactly as long as the
-  talker's did. Only if more than the target is already buffered by then, or playing it at
+  talker's did. Only if more than the target (with the hysteresis silence is dropped with:
+  ``max(target, 0.75 target + one packet)``) is already buffered by then, or playing it at
   its timestamp would put it more than ``max_delay`` behind the fastest transit seen, the
   silence is cut short there (excess delay is shed where it costs nothing). A gap never
   lengthens: replayed rig traces scored worse when gaps deepened the buffer (the timeline of
@@ -180,6 +181,7 @@ class AdaptivePlayout:
     # excess waits for a pause, where dropping silence does not disturb the speech's timeline
     # (time-scaled speech costs PESQ and STOI far more than a slightly later pause).
     SPEECH_EXCESS_US = 80_000
+    GAP_LOW = 0.75  # a gap is cut short above max(target, GAP_LOW * target + one packet)
 
     def __init__(self, fmt: AudioFormat, make_decoder: Callable[[int], Codec], *,
                  min_delay_us: int = 20_000, max_delay_us: int = 400_000,
@@ -380,7 +382,9 @@ class AdaptivePlayout:
             due = at0 + (nxt[0] - ts0)
             buffered = self.delay_us() - self._sync_us()
             over = pos - nxt[0] - self.estimator.base_transit_us  # its delay over the fastest, if now
-            if pos >= due - self._us_per_sample / 2 or buffered > self.target_us or over > self.max_delay_us:
+            target = self.target_us
+            high = max(target, self.GAP_LOW * target + self._packet_us)  # as for dropping silence
+            if pos >= due - self._us_per_sample / 2 or buffered > high or over > self.max_delay_us:
                 self._gap = None  # at its timestamp; or earlier, shedding delay in silence
                 return True
             n = max(1, min(n, round((due - pos) / self._us_per_sample)))
