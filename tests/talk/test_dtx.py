@@ -83,10 +83,10 @@ async def test_gaps_go_only_to_listeners_that_play_them_and_the_previous_version
 
     wav = bursts(tmp_path / "bursts.wav")
     async with AsyncExitStack() as stack:
-        talker = await stack.enter_async_context(agent("t", tmp_path, source_wav=wav))
+        talker = await stack.enter_async_context(agent("t", tmp_path, source_wav=wav, dtx=True))
         new = await stack.enter_async_context(agent("new", tmp_path, freq=660))
         monkeypatch.setattr(rig, "Talk", PreviousVersionTalk)
-        old = await stack.enter_async_context(agent("old", tmp_path, source_wav=wav))
+        old = await stack.enter_async_context(agent("old", tmp_path, source_wav=wav, dtx=True))
         for x in (new, old):
             await talker.node.handle().dial(x.addr)
         await old.node.handle().dial(new.addr)
@@ -125,7 +125,7 @@ async def test_a_relayed_press_leaves_packets_out_only_if_every_member_plays_gap
 
     wav = bursts(tmp_path / "bursts.wav")
     async with AsyncExitStack() as stack:
-        talker = await stack.enter_async_context(agent("t", tmp_path, source_wav=wav, relay_fanout=1))
+        talker = await stack.enter_async_context(agent("t", tmp_path, source_wav=wav, relay_fanout=1, dtx=True))
         first = await stack.enter_async_context(agent("m1", tmp_path, relay_fanout=1))
         if second == "previous":
             monkeypatch.setattr(rig, "Talk", PreviousVersionTalk)
