@@ -82,9 +82,12 @@ ANNOUNCE_MIN_GAP_S = 1.0
 GROUPS_LOGGED = 8            # "is in talk groups" lines at INFO for new peers, then DEBUG
 RELAY_PREROLL_FRAMES = 16    # frames a relay keeps for children whose stream is still opening
 # A node passing a talk on offers it to at most talk.relay_fanout connected members at a time;
-# this long after it started it offers it to every connected member not known to hear it (one
-# whose other neighbours all filled their fanout would not hear otherwise): relay.Spread.
-SPREAD_SWEEP_S = 1.0
+# this long after it started it offers it to every connected member not known first hand to hear
+# it (one whose other neighbours all filled their fanout would not hear otherwise): relay.Spread.
+# Short, so such a member misses little of the talk (at N = 25 two members were reached only by
+# the sweep at 1 s, 02:09, and played 3.9 of 5 s: a late stream's backlog beyond the playout's
+# 220 ms maximum is not played); longer than a hop (accepts come 10-200 ms after an offer).
+SPREAD_SWEEP_S = 0.5
 HOUSEKEEPING_S = 0.25
 CLOSE_TIMEOUT_S = 2.0
 SHUTDOWN_S = 0.5             # closing our streams when push-to-talk stops (SIGTERM: exit in ~2 s)

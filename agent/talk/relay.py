@@ -244,14 +244,18 @@ class Spread:
     """Which peers one node offers one talk to, and when. Pure: the caller opens the streams and
     reports each outcome; time is passed in.
 
-    ``known`` peers hear the talk already (the talker, our parent, peers that offered it to us
-    or declined ours as ``ALREADY_HEARING``). An offer counts against ``fanout`` while it is
-    pending (for ``patience_s`` at most: a peer that does not answer does not hold a place) and
-    once accepted. From ``sweep_after_s`` after the start on, every connected candidate not known
-    to hear is offered, whatever the fanout."""
+    ``confirmed`` peers hear the talk (the talker, our parent, peers that offered it to us or
+    declined ours as ``ALREADY_HEARING``); ``told`` ones were named in the context of the offer
+    we took (our parent hears them or is offering it to them). The waves skip both; an offer
+    counts against ``fanout`` while it is pending (for ``patience_s`` at most: a peer that does
+    not answer does not hold a place) and once accepted. From ``sweep_after_s`` after the start
+    on, every connected candidate not *confirmed* is offered, whatever the fanout: a member
+    whose neighbours all filled their fanout, or that a parent's offer never reached, hears
+    too. The context of our own offers names only what we know first hand (never what we were
+    told), so a peer left out by a failed offer is not left out further down the tree."""
 
     def __init__(self, me: str, ctx: TalkContext, fanout: int, now: float, *, parent: str | None = None,
-                 sweep_after_s: float = 1.0, patience_s: float = 1.0, max_offers: int | None = None) -> None:
+                 sweep_after_s: float = 0.5, patience_s: float = 1.0) -> None:
         if fanout < 1:
             raise ValueError("fanout must be at least 1")
         self.ctx = ctx
@@ -259,51 +263,52 @@ class Spread:
         self.started = now
         self.sweep_at = now + sweep_after_s
         self.patience_s = patience_s
-        self.max_offers = max_offers  # offers before the sweep (None: no limit)
-        self.offered = 0
-        self.known: set[str] = {me, ctx.talker, *ctx.covered} | ({parent} if parent is not None else set())
+        self.confirmed: set[str] = {me, ctx.talker} | ({parent} if parent is not None else set())
+        self.told: set[str] = set(ctx.covered) - self.confirmed
         self.pending: dict[str, float] = {}  # peer -> when offered
         self.accepted: set[str] = set()
         self.declined: set[str] = set()      # declined or failed: not offered again this talk
 
+    @property
+    def known(self) -> set[str]:
+        """Peers the waves do not offer the talk to: confirmed or told to hear it."""
+        return self.confirmed | self.told
+
     def covered(self) -> set[str]:
-        """Peers that hear the talk or are being offered it by this node (a child told these
-        does not offer it to them again)."""
-        return self.known | self.accepted | set(self.pending)
+        """Peers that hear the talk (first hand) or are being offered it by this node (a child
+        told these does not offer it to them in its waves)."""
+        return self.confirmed | self.accepted | set(self.pending)
 
     def context_for(self, peer: str) -> TalkContext:
         """The context of our offer to ``peer``: the talk, and whom it need not offer it to
         (those nearest the talker first: they are the likeliest to be its neighbours too)."""
-        near = [p for p in (self.ctx.talker, *sorted(self.accepted | set(self.pending)), *sorted(self.known))
+        near = [p for p in (self.ctx.talker, *sorted(self.accepted | set(self.pending)), *sorted(self.confirmed))
                 if p != peer]
         return replace(self.ctx, covered=tuple(dict.fromkeys(near))[:MAX_COVERED])
 
     def heard_by(self, peer: str) -> None:
         """``peer`` hears this talk (it offered it to us, or said so)."""
-        self.known.add(peer)
+        self.confirmed.add(peer)
 
     def offers(self, candidates: Sequence[str], now: float, *, unconnected: Sequence[str] = ()) -> list[str]:
         """The peers to offer the talk to now (each is then pending), in order. ``candidates``:
-        connected peers that may be in the group, best first; ``unconnected``: members that need
-        a new connection, offered only when no connected candidate is left (the talker of a
-        fleet it is not connected into), never by the sweep."""
-        done = self.known | self.accepted | self.declined | set(self.pending)
-        fresh = [c for c in candidates if c not in done]
+        connected members of the group, best first; ``unconnected``: members that need a new
+        connection, offered only when no connected candidate is left (the talker of a fleet it
+        is not connected into), never by the sweep."""
+        busy_or_done = self.accepted | self.declined | set(self.pending)
         if now >= self.sweep_at:
-            picked = fresh
+            picked = [c for c in candidates if c not in busy_or_done and c not in self.confirmed]
         else:
+            known = self.known
+            fresh = [c for c in candidates if c not in busy_or_done and c not in known]
             busy = len(self.accepted) + sum(1 for t in self.pending.values() if now - t < self.patience_s)
-            room = self.fanout - busy
-            if self.max_offers is not None:
-                room = min(room, self.max_offers - self.offered)
-            picked = fresh[:max(0, room)]
-            if all(c in self.known or c in self.declined for c in candidates):
+            room = max(0, self.fanout - busy)
+            picked = fresh[:room]
+            if all(c in known or c in self.declined for c in candidates):
                 # No connected candidate left (none pending or accepted either): connect.
-                extra = [c for c in unconnected if c not in done]
-                picked = extra[:max(0, room)]
+                picked = [c for c in unconnected if c not in busy_or_done and c not in known][:room]
         for p in picked:
             self.pending[p] = now
-        self.offered += len(picked)
         return picked
 
     def answered(self, peer: str, *, accepted: bool, hears: bool = False) -> None:
@@ -317,7 +322,7 @@ class Spread:
             self.accepted.discard(peer)
             self.declined.add(peer)
             if hears:
-                self.known.add(peer)
+                self.confirmed.add(peer)
 
     def gone(self, peer: str) -> None:
         """An accepted child's stream ended before the talk: its place is free again (it is not
