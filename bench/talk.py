@@ -20,6 +20,7 @@ frames and the default 40 ms jitter target.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -95,7 +96,7 @@ async def child(name: str, freq: float) -> None:
                         await reply({"peers": talk.peers_in_group()})
                     elif cmd == "stats":
                         s = talk.stats()
-                        await reply({k: getattr(s, k) for k in s.__dataclass_fields__})
+                        await reply(dataclasses.asdict(s))  # nested dataclasses too (Levels)
                     elif cmd == "quit":
                         n.cancel_scope.cancel()
                         return
