@@ -77,7 +77,3 @@ class DtxGate:
             return Dtx.MARKER
         self.skipped += 1
         return Dtx.SKIP
-
-    @property
-    def in_gap(self) -> bool:
-        return self._run > self.hangover

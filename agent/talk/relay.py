@@ -274,11 +274,6 @@ class Spread:
         """Peers the waves do not offer the talk to: confirmed or told to hear it."""
         return self.confirmed | self.told
 
-    def covered(self) -> set[str]:
-        """Peers that hear the talk (first hand) or are being offered it by this node (a child
-        told these does not offer it to them in its waves)."""
-        return self.confirmed | self.accepted | set(self.pending)
-
     def context_for(self, peer: str) -> TalkContext:
         """The context of our offer to ``peer``: the talk, and whom it need not offer it to
         (those nearest the talker first: they are the likeliest to be its neighbours too)."""
